@@ -1,0 +1,251 @@
+"""rqkit's command line: enqueue jobs, look at queues and workers, run the whole stack."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import click
+
+from config import get_settings, redis_client
+from jobs import JOBS, content, monitoring, stats, submit
+from jobs.errors import JobInputError, ToolkitError
+from launcher.stack import Stack
+
+EXIT_FAILURE = 1
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Toolkit(click.Group):
+    """Turns the toolkit's errors into one line on stderr: usage errors exit 2, the rest exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except JobInputError as exc:
+            raise click.UsageError(str(exc), ctx) from exc
+        except ToolkitError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+class JobCommands(click.Group):
+    """`enqueue NAME`: an unknown NAME is a usage error that lists the known jobs."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            raise click.UsageError(f"unknown job {args[0]!r}; known jobs: {', '.join(sorted(self.commands))}", ctx)
+        return super().resolve_command(ctx, args)
+
+
+class Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> timedelta:
+        match = DURATION.match(str(value).strip())
+        if not match:
+            self.fail(f"{value!r} is not a duration like 30s, 5m, 2h or 1d", param, ctx)
+        return timedelta(seconds=float(match[1]) * UNITS[match[2]])
+
+
+class When(click.ParamType):
+    name = "time"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> datetime:
+        try:
+            moment = datetime.fromisoformat(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO-8601 time like 2026-12-01T03:00:00+00:00", param, ctx)
+        return moment if moment.tzinfo else moment.astimezone()  # no offset: local time
+
+
+def emit(data: Any, as_json: bool, human: Callable[[Any], str]) -> None:
+    """Exactly one JSON document with --json, else the human rendering."""
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else human(data))
+
+
+def enqueue_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every `enqueue NAME` subcommand shares."""
+    options = [
+        click.option("--queue", help="Put the job on this queue instead of its own."),
+        click.option("--at-front", is_flag=True, help="Put the job at the front of its queue."),
+        click.option("--in", "delay", type=Duration(), help="Run it after a delay: 30s, 5m, 2h, 1d."),
+        click.option("--at", "at", type=When(), help="Run it at a time (ISO-8601; without an offset: local time)."),
+        click.option("--wait", is_flag=True, help="Block until done; print the result, or the failure and exit 1."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON document."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.group(cls=Toolkit)
+def cli() -> None:
+    """rqkit: background jobs, scheduled maintenance and batch work on RQ and Redis.
+
+    Example: python cli.py up --demo
+    """
+    level = get_settings().log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@cli.group(cls=JobCommands)
+def enqueue() -> None:
+    """Put a job on its queue: enqueue NAME [ARGS...] [OPTIONS].
+
+    Example: python cli.py enqueue sleep 5 --wait
+    """
+
+
+def run_enqueue(name: str, args: tuple[Any, ...], *, queue: str | None, at_front: bool,
+                delay: timedelta | None, at: datetime | None, wait: bool, as_json: bool) -> None:  # fmt: skip
+    """Submit through the registry, report, and with --wait report the outcome."""
+    if delay and at:
+        raise click.UsageError("--in and --at cannot be used together")
+    when = datetime.now().astimezone() + delay if delay else at
+    job, duplicate = submit(name, args, queue=queue, at_front=at_front, at=when)
+    report: dict[str, Any] = {"id": job.id, "job": name, "args": list(args), "queue": job.origin,
+                              "status": job.get_status(refresh=False).value, "duplicate": duplicate}  # fmt: skip
+    if wait:
+        outcome = monitoring.wait_for(job)
+        report.update(outcome.as_dict())
+    emit(report, as_json, render_submission)
+    if wait and report["status"] != "finished":
+        sys.exit(EXIT_FAILURE)
+
+
+def render_submission(report: dict[str, Any]) -> str:
+    what = " ".join([report["job"], *map(str, report["args"])])
+    if report["duplicate"]:
+        line = f"{what}: already pending as job {report['id']} on {report['queue']}"
+    else:
+        line = f"{what}: {report['status']} as job {report['id']} on {report['queue']}"
+    if report.get("reason"):
+        return f"{line}\n{report['status']}: {report['reason']}"
+    if "result" in report:
+        return f"{line}\n{report['status']}: {json.dumps(report['result'])}"
+    return line
+
+
+@enqueue.command("sleep")
+@click.argument("seconds", type=click.FloatRange(min=0))
+@enqueue_options
+def enqueue_sleep(seconds: float, **options: Any) -> None:
+    """Sleep SECONDS on a worker (the Resque tutorial's Sleeper).
+
+    Example: python cli.py enqueue sleep 5 --wait
+    """
+    run_enqueue("sleep", (int(seconds) if seconds.is_integer() else seconds,), **options)
+
+
+@enqueue.command("word-count")
+@click.argument("model", type=click.Choice(sorted(stats.MODELS)))
+@enqueue_options
+def enqueue_word_count(model: str, **options: Any) -> None:
+    """Recount the total words of MODEL and cache it (at most one pending per model).
+
+    Example: python cli.py enqueue word-count comment --wait
+    """
+    run_enqueue("word-count", (model,), **options)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def info(as_json: bool) -> None:
+    """Queues (queued, started, scheduled, failed, ...) and workers (state, current job).
+
+    Example: python cli.py info --json
+    """
+    emit(monitoring.overview(redis_client()), as_json, render_overview)
+
+
+def render_overview(view: dict[str, Any]) -> str:
+    columns = ["queued", "started", "scheduled", "deferred", "failed", "finished"]
+    lines = [f"{'queue':<14}" + "".join(f"{c:>10}" for c in columns)]
+    lines += [f"{q['name']:<14}" + "".join(f"{q[c]:>10}" for c in columns) for q in view["queues"]]
+    lines.append(f"rq-scheduler entries: {view['rq_scheduler_jobs']}")
+    lines.append(f"\n{len(view['workers'])} worker(s)")
+    for w in view["workers"]:
+        job = w["current_job"] or "-"
+        lines.append(f"  {w['name']:<34} {w['state']:<10} job {job:<38} {','.join(w['queues'])}")
+    return "\n".join(lines)
+
+
+@cli.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def show_stats(as_json: bool) -> None:
+    """The cached total word counts (one Redis GET each; recount with `enqueue word-count`).
+
+    Example: python cli.py stats
+    """
+    connection = redis_client()
+    totals = {model: stats.total_word_count(model, connection) for model in stats.MODELS}
+    emit(totals, as_json, lambda t: "\n".join(f"{m:<10}{'not computed yet' if n is None else n}" for m, n in t.items()))
+
+
+@cli.group()
+def demo() -> None:
+    """Sample data for trying the toolkit.
+
+    Example: python cli.py demo seed
+    """
+
+
+@demo.command()
+@click.option("--articles", default=20, type=click.IntRange(min=1), show_default=True, help="Articles to add.")
+@click.option("--comments", default=5, type=click.IntRange(min=0), show_default=True, help="Comments per article.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def seed(articles: int, comments: int, as_json: bool) -> None:
+    """Add sample articles and comments, then queue a word count of each (as a web app's hooks would).
+
+    Example: python cli.py demo seed --articles 50
+    """
+    added = content.seed(content.content_engine(get_settings().sqlalchemy_url), articles, comments)
+    connection = redis_client()
+    added["word_count_jobs"] = [submit("word-count", (m,), connection=connection).job.id for m in stats.MODELS]
+    emit(added, as_json, lambda a: f"added {a['articles']} articles and {a['comments']} comments; "
+                                   f"word counts queued: {', '.join(a['word_count_jobs'])}")  # fmt: skip
+
+
+@cli.command()
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes (default: RQKIT_WORKERS, 2).")
+@click.option("--demo", "with_demo", is_flag=True, help="Seed sample data and enqueue a few demo jobs.")
+def up(workers: int | None, with_demo: bool) -> None:
+    """Run everything: Redis (embedded if none answers), workers, rqscheduler and rq-dashboard.
+
+    Ctrl-C (or SIGTERM) stops it all; workers finish their current job first.
+
+    Example: python cli.py up --workers 4 --demo
+    """
+    settings = get_settings()
+    stack = Stack(settings, workers or settings.workers)
+    code = stack.run(on_ready=(lambda: run_demo(stack)) if with_demo else None)
+    sys.exit(code)
+
+
+def run_demo(stack: Stack) -> None:
+    """Seed the database, enqueue a few jobs, and report their outcomes in the log."""
+    engine = content.content_engine(stack.settings.sqlalchemy_url)
+    added = content.seed(engine, 20, 5)
+    stack.say("demo", f"added {added['articles']} articles and {added['comments']} comments")
+    connection = redis_client(stack.settings)
+    demo_jobs = [("sleep", (1,), None), ("sleep", (2,), None), ("word-count", ("comment",), None),
+                 ("word-count", ("article",), None), ("sleep", (1,), datetime.now().astimezone() + timedelta(seconds=10))]  # fmt: skip
+    submitted = [submit(name, args, at=at, connection=connection).job for name, args, at in demo_jobs]
+    for job in submitted:
+        stack.say("demo", f"enqueued {job.description} as job {job.id}")
+    for job in submitted:
+        outcome = monitoring.wait_for(job)
+        stack.say("demo", f"{job.description}: {outcome.status} {json.dumps(outcome.result) if outcome.result else ''}")
+    totals = {m: stats.total_word_count(m, connection) for m in stats.MODELS}
+    stack.say("demo", f"cached word counts (python cli.py stats): {totals}; dashboard: "
+                      f"http://{stack.settings.dashboard_host}:{stack.settings.dashboard_port}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,51 @@
+"""The one place that makes Redis clients from settings."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from redis import Redis
+from redis.exceptions import ConnectionError, TimeoutError
+
+from config.errors import ToolkitError
+from config.settings import Settings, get_settings
+
+
+class RedisUnavailable(ToolkitError):
+    """Nothing answers at the configured Redis URL."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"Redis is not reachable at {redacted_url(url)}")
+
+
+def redis_client(settings: Settings | None = None) -> Redis:
+    """A client for the configured Redis (no connection is made until first use)."""
+    settings = settings or get_settings()
+    timeout = settings.redis_connect_timeout
+    return Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, health_check_interval=30)
+
+
+def ping(connection: Redis) -> None:
+    """Check that Redis answers; raise RedisUnavailable naming the URL if not."""
+    try:
+        connection.ping()
+    except (ConnectionError, TimeoutError, OSError) as exc:
+        raise RedisUnavailable(url_of(connection)) from exc
+
+
+def url_of(connection: Redis) -> str:
+    """Rebuild a (password-free) URL from a client, for messages."""
+    kwargs = connection.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+def redacted_url(url: str) -> str:
+    """The URL with any password replaced by ***, safe for logs and messages."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    netloc = f"{user}***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,146 @@
+"""The toolkit's settings: defaults in code < optional TOML file < environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from config.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config" / "settings.toml"
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything configurable; each field reads from TOML key `name` or env var `RQKIT_NAME`."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = ""  # empty: a SQLite file under var_dir
+    var_dir: Path = PROJECT_ROOT / "var"
+    queues: tuple[str, ...] = ("images", "email", "api", "maintenance", "default")
+    workers: int = 2
+    scheduler_interval: float = 5.0
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 9181
+    redis_connect_timeout: float = 2.0
+    log_level: str = "INFO"
+    # Secrets: environment only, never read from the TOML file.
+    dashboard_username: str = ""
+    dashboard_password: str = ""
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The content database's URL: the configured one, else SQLite under var_dir."""
+        return self.database_url or f"sqlite:///{self.var_dir / 'content.db'}"
+
+
+SECRETS = frozenset({"dashboard_username", "dashboard_password"})
+# Conventional names first; RQ_REDIS_URL is what the stock `rq` commands read.
+ENV_NAMES: dict[str, tuple[str, ...]] = {
+    "redis_url": ("REDIS_URL", "RQ_REDIS_URL"),
+    "database_url": ("DATABASE_URL",),
+}
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def env_names(field: str) -> tuple[str, ...]:
+    """The environment variables that set `field`, in order of precedence."""
+    return ENV_NAMES.get(field, (f"RQKIT_{field.upper()}",))
+
+
+def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
+    """Build settings from defaults, the TOML file and `env`; raise ConfigError naming a bad one."""
+    values: dict[str, Any] = {}
+    for key, raw in read_config_file(env).items():
+        values[key] = convert(key, raw, f"{key} in the config file")
+    for name in FIELDS:
+        for var in env_names(name):
+            if var in env:
+                values[name] = convert(name, env[var], var)
+                break
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def read_config_file(env: Mapping[str, str]) -> dict[str, Any]:
+    """The TOML file named by RQKIT_CONFIG, else config/settings.toml if it exists."""
+    path = Path(env["RQKIT_CONFIG"]) if env.get("RQKIT_CONFIG") else DEFAULT_CONFIG_FILE
+    if not path.exists():
+        if env.get("RQKIT_CONFIG"):
+            raise ConfigError(f"RQKIT_CONFIG: no such file: {path}")
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    for key in data:
+        if key in SECRETS:
+            raise ConfigError(f"{key} in {path}: secrets come from the environment only ({env_names(key)[0]})")
+        if key not in FIELDS:
+            raise ConfigError(f"{key} in {path}: unknown setting (known: {', '.join(sorted(FIELDS))})")
+    if urlsplit(str(data.get("redis_url", ""))).password:
+        raise ConfigError(f"redis_url in {path}: put a URL with a password in the environment (REDIS_URL)")
+    return data
+
+
+def convert(name: str, raw: Any, source: str) -> Any:
+    """Convert a TOML or environment value to the field's type."""
+    kind = FIELDS[name].type
+    try:
+        if kind == "tuple[str, ...]":
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        if kind == "int" and not isinstance(raw, bool):
+            return int(raw)
+        if kind == "float" and not isinstance(raw, bool):
+            return float(raw)
+        if kind == "Path":
+            return Path(str(raw)).expanduser().resolve()
+        if kind == "str" and isinstance(raw, str):
+            return raw
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{source}: expected {kind.replace('tuple[str, ...]', 'a list of names')}, got {raw!r}")
+
+
+def validate(settings: Settings) -> None:
+    """Check values that have the right type but make no sense."""
+    scheme = urlsplit(settings.redis_url).scheme
+    if scheme not in REDIS_SCHEMES:
+        raise ConfigError(f"REDIS_URL: scheme must be one of {', '.join(REDIS_SCHEMES)}, got {scheme!r}")
+    if settings.database_url and "://" not in settings.database_url:
+        raise ConfigError(f"DATABASE_URL: not a database URL: {settings.database_url!r}")
+    if not settings.queues:
+        raise ConfigError("RQKIT_QUEUES: at least one queue is needed")
+    for queue in settings.queues:
+        if not QUEUE_NAME.match(queue):
+            raise ConfigError(f"RQKIT_QUEUES: bad queue name {queue!r} (letters, digits, - and _ only)")
+    checks = [
+        ("workers", settings.workers >= 1, "at least 1"),
+        ("scheduler_interval", settings.scheduler_interval > 0, "positive"),
+        ("dashboard_port", 1 <= settings.dashboard_port <= 65535, "a port number"),
+        ("redis_connect_timeout", settings.redis_connect_timeout > 0, "positive"),
+        ("log_level", settings.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "a log level"),
+    ]
+    for name, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"{env_names(name)[0]}: must be {expected}, got {getattr(settings, name)!r}")
+    if bool(settings.dashboard_username) != bool(settings.dashboard_password):
+        raise ConfigError("RQKIT_DASHBOARD_USERNAME and RQKIT_DASHBOARD_PASSWORD go together")
+
+
+@cache
+def get_settings() -> Settings:
+    """The process's settings, loaded once."""
+    return load_settings()

@@ -1,0 +1,73 @@
+"""The content database the word count reads: articles and their comments (SQLAlchemy Core)."""
+
+from __future__ import annotations
+
+import random
+from functools import cache
+from pathlib import Path
+
+from sqlalchemy import Column, DateTime, Engine, ForeignKey, Integer, MetaData, String, Table, Text, func
+from sqlalchemy import create_engine as sqlalchemy_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from config import ConfigError
+
+metadata = MetaData()
+
+articles = Table(
+    "articles",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("title", String(200), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False, server_default=func.current_timestamp()),
+)
+
+comments = Table(
+    "comments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("article_id", ForeignKey("articles.id"), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False, server_default=func.current_timestamp()),
+)
+
+WORDS = (
+    "job queue worker redis thumbnail email schedule retry cache session background request "
+    "response comment article count fast slow reliable batch nightly payload result failure"
+).split()
+
+
+@cache
+def content_engine(url: str) -> Engine:
+    """An engine for the content database, with its tables created."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"DATABASE_URL: {exc}") from exc
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sqlalchemy_engine(parsed)
+    metadata.create_all(engine)
+    return engine
+
+
+def sample_text(rng: random.Random, words: int) -> str:
+    """A sentence of `words` words from the sample vocabulary."""
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+def seed(engine: Engine, articles_count: int = 20, comments_per_article: int = 5, rng_seed: int = 0) -> dict[str, int]:
+    """Add sample articles, each with comments; return how many rows were added."""
+    rng = random.Random(rng_seed)
+    with engine.begin() as conn:
+        for _ in range(articles_count):
+            article_id = conn.execute(
+                articles.insert().values(title=sample_text(rng, 4), body=sample_text(rng, rng.randint(50, 300)))
+            ).inserted_primary_key[0]
+            conn.execute(
+                comments.insert(),
+                [{"article_id": article_id, "body": sample_text(rng, rng.randint(3, 40))} for _ in range(comments_per_article)],
+            )
+    return {"articles": articles_count, "comments": articles_count * comments_per_article}

@@ -1,0 +1,23 @@
+"""The toolkit's errors, rooted at ToolkitError: import them from here."""
+
+from __future__ import annotations
+
+from config.errors import ConfigError, ToolkitError
+
+__all__ = ["ConfigError", "JobInputError", "ToolkitError", "UnknownJobError", "UpstreamError"]
+
+
+class JobInputError(ToolkitError):
+    """A job's arguments are wrong: a permanent failure, never retried."""
+
+
+class UnknownJobError(JobInputError):
+    """No job is registered under that name."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown job {name!r}; known jobs: {', '.join(known)}")
+        self.known = known
+
+
+class UpstreamError(ToolkitError):
+    """A service the job depends on failed in a way that may pass: retried per the job's policy."""

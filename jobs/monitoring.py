@@ -1,0 +1,92 @@
+"""Read-only views: queue and worker counts for `info`, and a job's outcome for `enqueue --wait`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Worker
+from rq.exceptions import InvalidJobOperation
+from rq.job import Job, JobStatus
+from rq_scheduler import Scheduler
+
+from config import get_settings, ping
+
+TERMINAL = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended: its status, its result if it finished, a one-line reason if not."""
+
+    status: str
+    result: Any = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def wait_for(job: Job, poll: float = 0.1, timeout: float | None = None) -> Outcome:
+    """Block until the job finishes, fails or disappears (or `timeout` passes); its outcome."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            status = job.get_status(refresh=True)
+        except InvalidJobOperation:
+            return Outcome("missing", reason=f"job {job.id} no longer exists (deleted or expired)")
+        if status == JobStatus.FINISHED:
+            return Outcome(status.value, result=job.return_value(refresh=True))
+        if status in TERMINAL:
+            return Outcome(status.value, reason=failure_reason(job))
+        if deadline is not None and time.monotonic() > deadline:
+            return Outcome(status.value, reason=f"still {status.value} after {timeout:g}s")
+        time.sleep(poll)
+
+
+def failure_reason(job: Job) -> str:
+    """The last line of the job's traceback, e.g. `JobInputError: sleep: SECONDS must be ...`."""
+    result = job.latest_result()
+    text = (result.exc_string if result else None) or job.exc_info or "failed without a traceback"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else text
+    return last.removeprefix("jobs.errors.")
+
+
+def queue_counts(queue: Queue) -> dict[str, Any]:
+    return {
+        "name": queue.name,
+        "queued": queue.count,
+        "started": queue.started_job_registry.count,
+        "scheduled": queue.scheduled_job_registry.count,
+        "deferred": queue.deferred_job_registry.count,
+        "failed": queue.failed_job_registry.count,
+        "finished": queue.finished_job_registry.count,
+    }
+
+
+def worker_view(worker: Worker) -> dict[str, Any]:
+    return {
+        "name": worker.name,
+        "hostname": worker.hostname,
+        "pid": worker.pid,
+        "state": worker.get_state(),
+        "queues": worker.queue_names(),
+        "current_job": worker.get_current_job_id(),
+        "finished": worker.successful_job_count,
+        "failed": worker.failed_job_count,
+    }
+
+
+def overview(connection: Redis) -> dict[str, Any]:
+    """Counts for every configured or existing queue, every worker, and rq-scheduler's entries."""
+    ping(connection)
+    names = list(get_settings().queues)
+    names += sorted(q.name for q in Queue.all(connection=connection) if q.name not in names)
+    return {
+        "queues": [queue_counts(Queue(name, connection=connection)) for name in names],
+        "workers": [worker_view(w) for w in sorted(Worker.all(connection=connection), key=lambda w: w.name)],
+        "rq_scheduler_jobs": connection.zcard(Scheduler.scheduled_jobs_key),
+    }

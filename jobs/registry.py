@@ -1,0 +1,205 @@
+"""Public job names mapped to functions and policies, and the one path every enqueue takes."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from redis import Redis
+from redis.exceptions import ConnectionError, TimeoutError, WatchError
+from rq import Queue, Retry
+from rq.job import Job, JobStatus
+
+from config import RedisUnavailable, get_settings, redis_client
+from config.connection import url_of
+from jobs import demo, stats
+from jobs.errors import JobInputError, UnknownJobError
+
+PENDING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+DAY = 24 * 3600
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job type: its public name, the function RQ runs, its queue and its policy."""
+
+    name: str
+    func: Callable[..., Any]
+    queue: str
+    description: str
+    timeout: int = 180
+    retry_intervals: tuple[int, ...] = ()
+    result_ttl: int = DAY
+    failure_ttl: int = 30 * DAY
+    unique: bool = False  # at most one pending job per set of arguments
+    check: Callable[..., None] | None = None  # raises JobInputError for bad arguments
+
+    def validate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Refuse arguments that are not JSON or that the job cannot take."""
+        check_json(list(args), "arguments")
+        check_json(kwargs, "keyword arguments")
+        try:
+            inspect.signature(self.func).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise JobInputError(f"{self.name}: {exc}") from exc
+        if self.check:
+            self.check(*args, **kwargs)
+
+    def describe(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """A one-line description for `rq info` and the dashboard."""
+        words = [self.name, *(json.dumps(a) for a in args), *(f"{k}={json.dumps(v)}" for k, v in kwargs.items())]
+        return " ".join(words)
+
+
+JOBS: dict[str, JobSpec] = {
+    spec.name: spec
+    for spec in (
+        JobSpec(
+            "sleep",
+            demo.sleep,
+            queue="default",
+            description="Sleep SECONDS, then report it (the Resque tutorial's Sleeper)",
+            timeout=demo.MAX_SLEEP + 60,
+            check=demo.check_seconds,
+        ),
+        JobSpec(
+            "word-count",
+            stats.word_count,
+            queue="maintenance",
+            description="Recount the total words of MODEL (comment or article) and cache it in Redis",
+            timeout=30 * 60,
+            unique=True,
+            check=stats.check_model,
+        ),
+    )
+}
+
+
+class Submission(NamedTuple):
+    """What enqueue did: the job, and whether it was an already pending one."""
+
+    job: Job
+    duplicate: bool
+
+
+def get_spec(name: str) -> JobSpec:
+    """The spec registered as `name`, or UnknownJobError listing the known ones."""
+    try:
+        return JOBS[name]
+    except KeyError:
+        raise UnknownJobError(name, sorted(JOBS)) from None
+
+
+def enqueue(name: str, *args: Any, **kwargs: Any) -> Job:
+    """Enqueue job `name`; options as for `submit`, the rest go to the job."""
+    return submit(name, args, kwargs).job
+
+
+def submit(
+    name: str,
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    queue: str | None = None,
+    at_front: bool = False,
+    at: datetime | None = None,
+    connection: Redis | None = None,
+) -> Submission:
+    """Check the job and its arguments, then put it on its queue (or schedule it `at` a time)."""
+    spec = get_spec(name)
+    kwargs = kwargs or {}
+    spec.validate(args, kwargs)
+    queue_name = queue or spec.queue
+    check_queue(queue_name)
+    connection = connection or redis_client()
+    rq_queue = Queue(queue_name, connection=connection)
+    job = rq_queue.create_job(
+        spec.func,
+        args=args,
+        kwargs=kwargs,
+        timeout=spec.timeout,
+        result_ttl=spec.result_ttl,
+        failure_ttl=spec.failure_ttl,
+        description=spec.describe(args, kwargs),
+        retry=Retry(max=len(spec.retry_intervals), interval=list(spec.retry_intervals)) if spec.retry_intervals else None,
+        meta={"rqkit_job": name},
+    )
+    when = at.astimezone(UTC) if at else None
+    try:
+        if spec.unique:
+            return put_unique(rq_queue, job, when, at_front)
+        put(rq_queue, job, when, at_front)
+    except (ConnectionError, TimeoutError) as exc:
+        raise RedisUnavailable(url_of(connection)) from exc
+    return Submission(job, duplicate=False)
+
+
+def put(queue: Queue, job: Job, when: datetime | None, at_front: bool, pipeline: Any = None) -> None:
+    """Push the job now, or into RQ's scheduled registry if `when` is in the future."""
+    if when and when > datetime.now(UTC):
+        queue.schedule_job(job, when, pipeline=pipeline)
+    else:
+        queue.enqueue_job(job, pipeline=pipeline, at_front=at_front)
+
+
+def put_unique(queue: Queue, job: Job, when: datetime | None, at_front: bool) -> Submission:
+    """Put the job unless one with the same name and arguments is still pending; atomic across clients."""
+    key = pending_key(job)
+    with queue.connection.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                pending_id = pipe.get(key)
+                if pending_id:
+                    pending = Job.fetch_many([pending_id.decode()], connection=queue.connection)[0]
+                    if pending is not None and pending.get_status() in PENDING:
+                        return Submission(pending, duplicate=True)
+                pipe.multi()
+                pipe.set(key, job.id, ex=DAY)
+                put(queue, job, when, at_front, pipeline=pipe)
+                pipe.execute()
+                return Submission(job, duplicate=False)
+            except WatchError:
+                continue
+
+
+def pending_key(job: Job) -> str:
+    """The Redis key that names the pending job for this job's name and arguments."""
+    payload = json.dumps([job.args, job.kwargs], sort_keys=True).encode()
+    return f"rqkit:pending:{job.meta['rqkit_job']}:{hashlib.sha1(payload).hexdigest()[:16]}"
+
+
+def check_queue(name: str) -> None:
+    """Refuse a queue that no worker of this configuration listens to."""
+    queues = get_settings().queues
+    if name not in queues:
+        raise JobInputError(f"queue {name!r} is not configured (RQKIT_QUEUES: {', '.join(queues)})")
+
+
+def check_json(value: Any, where: str) -> None:
+    """Raise JobInputError unless `value` is made of JSON types only."""
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise JobInputError(f"{where}: {value} is not a JSON number")
+        return
+    if isinstance(value, list):
+        for item in value:
+            check_json(item, where)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise JobInputError(f"{where}: dictionary keys must be strings, got {key!r}")
+            check_json(item, where)
+        return
+    raise JobInputError(
+        f"{where}: {type(value).__name__} is not a JSON type (use str, int, float, bool, None, list or dict)"
+    )

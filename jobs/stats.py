@@ -1,0 +1,56 @@
+"""The cached total word count: computed in a job, stored in Redis, read with one GET."""
+
+from __future__ import annotations
+
+import logging
+
+from redis import Redis
+from sqlalchemy import Engine, Table, select
+
+from config import get_settings, redis_client
+from jobs import content
+from jobs.errors import JobInputError
+
+logger = logging.getLogger(__name__)
+
+MODELS: dict[str, Table] = {"comment": content.comments, "article": content.articles}
+BATCH_ROWS = 1000
+
+
+def check_model(model: object) -> None:
+    """Refuse anything but a known model name."""
+    if model not in MODELS:
+        raise JobInputError(f"word-count: MODEL must be one of {', '.join(MODELS)}, got {model!r}")
+
+
+def cache_key(model: str) -> str:
+    """Where the total lives in Redis, e.g. comment/total_word_count."""
+    return f"{model}/total_word_count"
+
+
+def count_words(engine: Engine, table: Table) -> tuple[int, int]:
+    """Total words over the table's bodies and the number of rows, streamed in batches."""
+    words = rows = 0
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=BATCH_ROWS).execute(select(table.c.body))
+        for batch in result.partitions():
+            rows += len(batch)
+            words += sum(len(body.split()) for (body,) in batch)
+    return words, rows
+
+
+def word_count(model: str) -> dict[str, int | str]:
+    """Job: recount the model's words and cache the total."""
+    check_model(model)
+    settings = get_settings()
+    total, rows = count_words(content.content_engine(settings.sqlalchemy_url), MODELS[model])
+    redis_client(settings).set(cache_key(model), total)
+    logger.info("%s: %d words in %d rows", model, total, rows)
+    return {"model": model, "total_word_count": total, "rows": rows}
+
+
+def total_word_count(model: str, connection: Redis | None = None) -> int | None:
+    """The cached total for `model` (one Redis GET), or None if never computed."""
+    check_model(model)
+    value = (connection or redis_client()).get(cache_key(model))
+    return int(value) if value is not None else None

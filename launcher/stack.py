@@ -1,0 +1,193 @@
+"""`up`: Redis (embedded if needed), workers, rqscheduler and rq-dashboard as child processes."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO
+
+from config import Settings, ToolkitError, redacted_url
+from config.settings import PROJECT_ROOT
+from launcher.redis_server import LOOPBACK, RedisServer, answers, embeddable_address
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Child:
+    """One supervised process; its output is copied line by line with a name prefix."""
+
+    name: str
+    command: list[str]
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if `up` dies without cleaning up (Linux only)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if hasattr(libc, "prctl"):
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Stack:
+    """Starts the parts, copies their logs, and stops them all, Redis last."""
+
+    def __init__(self, settings: Settings, workers: int, out: IO[str] = sys.stdout) -> None:
+        self.settings, self.workers, self.out = settings, workers, out
+        self.redis: RedisServer | None = None
+        self.children: list[Child] = []
+        self.stop_requested = threading.Event()
+        self.signals = 0
+        self.lock = threading.Lock()
+
+    def say(self, name: str, line: str) -> None:
+        with self.lock:
+            self.out.write(f"{name:<10}| {line}\n")
+            self.out.flush()
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> int:
+        """Bring everything up, wait for Ctrl-C, SIGTERM or a child's death, then stop all; the exit code."""
+        check_dashboard_address(self.settings)
+        previous = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start_redis()
+            self.start_children()
+            self.print_summary()
+            if on_ready:
+                threading.Thread(target=self.run_quietly, args=(on_ready,), name="demo", daemon=True).start()
+            return self.supervise()
+        finally:
+            self.stop_children()
+            if self.redis:
+                self.redis.stop()
+                self.say("redis", "stopped")
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def run_quietly(self, task: Callable[[], None]) -> None:
+        """Run a side task (the demo); a failure is one log line, never a traceback or a stop."""
+        try:
+            task()
+        except Exception as exc:  # noqa: BLE001 - the stack must outlive its demo
+            self.say("up", f"{getattr(task, '__name__', 'task')} stopped: {exc}")
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        """First signal: warm shutdown. Second: workers stop their jobs (RQ's cold shutdown). Third: kill."""
+        self.signals += 1
+        if self.signals == 1:
+            self.stop_requested.set()
+            return
+        escalate = signal.SIGTERM if self.signals == 2 else signal.SIGKILL
+        for child in self.children:
+            if child.process and child.process.poll() is None:
+                child.process.send_signal(escalate)
+
+    def start_redis(self) -> None:
+        url = self.settings.redis_url
+        if answers(url):
+            self.say("redis", f"using the server at {redacted_url(url)}")
+            return
+        host, port = embeddable_address(url)
+        self.redis = RedisServer(port, self.settings.var_dir / "redis", host=host).start()
+        self.say("redis", f"embedded redis-server on {url}, data in {self.redis.data_dir}")
+
+    def commands(self) -> list[Child]:
+        python = sys.executable
+        workers = [
+            Child(f"worker-{i}", [python, "-m", "rq.cli", "worker", "-c", "config.rq", "--with-scheduler"])
+            for i in range(1, self.workers + 1)
+        ]
+        scheduler = Child(
+            "scheduler",
+            [python, "-m", "rq_scheduler.scripts.rqscheduler", "-i", str(self.settings.scheduler_interval)],
+        )
+        dashboard = Child(
+            "dashboard",
+            [python, "-m", "rq_dashboard", "--bind", self.settings.dashboard_host,
+             "--port", str(self.settings.dashboard_port)],
+        )  # fmt: skip
+        return [*workers, scheduler, dashboard]
+
+    def child_env(self) -> dict[str, str]:
+        url = self.settings.redis_url
+        env = dict(os.environ, REDIS_URL=url, RQ_REDIS_URL=url, RQ_DASHBOARD_REDIS_URL=url, PYTHONUNBUFFERED="1")
+        if self.settings.dashboard_username:
+            env.update(
+                RQ_DASHBOARD_USERNAME=self.settings.dashboard_username,
+                RQ_DASHBOARD_PASSWORD=self.settings.dashboard_password,
+            )
+        return env
+
+    def start_children(self) -> None:
+        """Start every child first, then the log copiers: no thread runs while we fork."""
+        env = self.child_env()
+        for child in self.commands():
+            child.process = subprocess.Popen(
+                child.command,
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches `up` only; it decides what each child gets
+                preexec_fn=die_with_parent,
+            )
+            self.children.append(child)
+        for child in self.children:
+            threading.Thread(target=self.copy_output, args=(child,), daemon=True).start()
+
+    def copy_output(self, child: Child) -> None:
+        assert child.process and child.process.stdout
+        for raw in child.process.stdout:
+            self.say(child.name, raw.decode(errors="replace").rstrip())
+
+    def print_summary(self) -> None:
+        s = self.settings
+        self.say("up", f"redis      {redacted_url(s.redis_url)}")
+        self.say("up", f"workers    {self.workers} x rq worker -c config.rq --with-scheduler ({', '.join(s.queues)})")
+        self.say("up", f"scheduler  rqscheduler, checking every {s.scheduler_interval:g}s")
+        self.say("up", f"dashboard  http://{s.dashboard_host}:{s.dashboard_port}")
+        self.say("up", "Ctrl-C stops everything (workers finish their current job first; twice to stop them now)")
+
+    def supervise(self) -> int:
+        """Wait for a stop request (exit 0) or a child that exits by itself (exit 1)."""
+        while not self.stop_requested.wait(0.2):
+            for child in self.children:
+                code = child.process.poll() if child.process else None
+                if code is not None:
+                    self.say("up", f"{child.name} exited with code {code}; stopping everything")
+                    return 1
+        return 0
+
+    def stop_children(self) -> None:
+        """SIGTERM each child (RQ workers: warm shutdown) and wait for all of them."""
+        for child in self.children:
+            if child.process and child.process.poll() is None:
+                child.process.terminate()
+        for child in self.children:
+            if child.process:
+                code = child.process.wait()
+                self.say(child.name, f"stopped (exit code {code})")
+
+
+def check_dashboard_address(settings: Settings) -> None:
+    """Refuse to serve the dashboard off loopback without basic auth, or on a port already taken."""
+    host, port = settings.dashboard_host, settings.dashboard_port
+    if host not in LOOPBACK and not settings.dashboard_username:
+        raise ToolkitError(
+            f"RQKIT_DASHBOARD_HOST={host} is not loopback: set RQKIT_DASHBOARD_USERNAME and RQKIT_DASHBOARD_PASSWORD"
+        )
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ToolkitError(f"dashboard address {host}:{port} is not free ({exc.strerror}); "
+                               "set RQKIT_DASHBOARD_PORT") from exc
