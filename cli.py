@@ -11,8 +11,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import click
+import redis
 
-from config import get_settings, redis_client
+from config import RedisUnavailable, get_settings, redis_client
 from jobs import JOBS, content, monitoring, stats, submit
 from jobs.errors import JobInputError, ToolkitError
 from launcher.stack import Stack
@@ -32,6 +33,8 @@ class Toolkit(click.Group):
             raise click.UsageError(str(exc), ctx) from exc
         except ToolkitError as exc:
             raise click.ClickException(str(exc)) from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise click.ClickException(str(RedisUnavailable(get_settings().redis_url))) from exc
 
 
 class JobCommands(click.Group):

@@ -47,12 +47,20 @@ def wait_for(job: Job, poll: float = 0.1, timeout: float | None = None) -> Outco
 
 
 def failure_reason(job: Job) -> str:
-    """The last line of the job's traceback, e.g. `JobInputError: sleep: SECONDS must be ...`."""
+    """The exception line of the job's traceback, e.g. `JobInputError: sleep: SECONDS must be ...`."""
     result = job.latest_result()
     text = (result.exc_string if result else None) or job.exc_info or "failed without a traceback"
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    last = lines[-1] if lines else text
-    return last.removeprefix("jobs.errors.")
+    return exception_line(text)
+
+
+def exception_line(traceback_text: str) -> str:
+    """The last exception's `Type: message` line, with the type's module path dropped."""
+    lines = traceback_text.rstrip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    tail = lines[frames[-1] + 1 :] if frames else lines
+    line = next((line for line in tail if line.strip() and not line.startswith(" ")), lines[-1] if lines else "")
+    kind, colon, message = line.partition(": ")
+    return f"{kind.rpartition('.')[2]}{colon}{message}" if " " not in kind else line
 
 
 def queue_counts(queue: Queue) -> dict[str, Any]:
