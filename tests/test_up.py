@@ -1,0 +1,162 @@
+"""End to end: `cli.py up` brings up Redis, workers, rqscheduler and the dashboard, runs jobs, stops clean."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+from rq.job import Job
+from rq_scheduler import Scheduler
+
+from config.settings import PROJECT_ROOT
+from launcher.redis_server import RedisServer, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process below `pid`, from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Up:
+    """A running `python cli.py up` and the CLI beside it, with a private environment."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        command = [sys.executable, "cli.py", "up", "--workers", "2"]
+        self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log.open("w"),
+                                        stderr=subprocess.STDOUT)  # fmt: skip
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "cli.py", *args], cwd=PROJECT_ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    def cli_json(self, *args: str) -> Any:
+        done = self.cli(*args, "--json")
+        assert done.returncode == 0, done.stderr + done.stdout
+        return json.loads(done.stdout)
+
+    def ready(self) -> bool:
+        assert self.process.poll() is None, self.log.read_text()
+        done = self.cli("info", "--json")
+        return done.returncode == 0 and len(json.loads(done.stdout)["workers"]) == 2
+
+    def stop(self, signum: int) -> int:
+        self.process.send_signal(signum)
+        return self.process.wait(60)
+
+
+@pytest.fixture
+def start_up(tmp_path: Path) -> Iterator[Callable[[str], Up]]:
+    started: list[Up] = []
+
+    def start(redis_url: str) -> Up:
+        env = {**os.environ, "REDIS_URL": redis_url, "RQKIT_VAR_DIR": str(tmp_path / "var"),
+               "RQKIT_DASHBOARD_PORT": str(free_port()), "RQKIT_SCHEDULER_INTERVAL": "1"}  # fmt: skip
+        up = Up(env, tmp_path / "up.log")
+        started.append(up)
+        wait_until(up.ready, what="two workers")
+        return up
+
+    yield start
+    for up in started:
+        if up.process.poll() is None:
+            up.process.kill()
+            up.process.wait()
+
+
+def database_words(var: Path, table: str) -> int:
+    with sqlite3.connect(var / "content.db") as db:
+        return sum(len(body.split()) for (body,) in db.execute(f"SELECT body FROM {table}"))
+
+
+def test_up_embeds_redis_runs_jobs_and_leaves_nothing_behind(start_up: Callable[[str], Up], tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    up = start_up(url)
+    parts = descendants(up.process.pid)
+    assert len(parts) >= 5  # redis-server, 2 workers, rqscheduler, dashboard
+
+    seeded = up.cli_json("demo", "seed", "--articles", "5", "--comments", "4")
+    assert seeded["comments"] == 20
+    slept = up.cli_json("enqueue", "sleep", "1", "--wait")
+    counted = up.cli_json("enqueue", "word-count", "comment", "--wait")
+    assert (slept["status"], slept["result"]) == ("finished", {"slept": 1})
+    assert counted["status"] == "finished"
+    words = database_words(tmp_path / "var", "comments")
+    assert up.cli_json("stats")["comment"] == words == counted["result"]["total_word_count"]
+
+    connection = Redis.from_url(url)
+    periodic = Scheduler(connection=connection).enqueue_in(timedelta(seconds=1), "jobs.demo.sleep", 0)
+    wait_until(lambda: Job.fetch(periodic.id, connection=connection).get_status() == "finished", what="rqscheduler")
+
+    dashboard = f"http://127.0.0.1:{up.env['RQKIT_DASHBOARD_PORT']}/"
+    with urllib.request.urlopen(dashboard, timeout=10) as response:
+        assert response.status == 200
+
+    rq_info = subprocess.run([sys.executable, "-m", "rq.cli", "info", "-c", "config.rq"], cwd=PROJECT_ROOT,
+                             env=up.env, capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert rq_info.returncode == 0 and "2 workers" in rq_info.stdout
+
+    assert up.stop(signal.SIGTERM) == 0
+    assert not parts & descendants(os.getpid()), "a child of `up` is still running"
+    assert (tmp_path / "var" / "redis" / "appendonly.aof").exists()
+    log = up.log.read_text()
+    assert "embedded redis-server" in log and "redis     | stopped" in log
+
+
+def test_ctrl_c_lets_the_running_job_finish(start_up: Callable[[str], Up], redis_server: RedisServer) -> None:
+    up = start_up(redis_server.url)
+    parts = descendants(up.process.pid)
+    assert "using the server at" in up.log.read_text()
+    job_id = up.cli_json("enqueue", "sleep", "2")["id"]
+    connection = Redis.from_url(redis_server.url)
+    job = Job.fetch(job_id, connection=connection)
+    wait_until(lambda: job.get_status() == "started", what="the job to start")
+
+    assert up.stop(signal.SIGINT) == 0
+    assert job.get_status() == "finished"
+    assert not parts & descendants(os.getpid())
+    assert connection.ping()  # a server that was already there is left running
+
+
+def test_up_refuses_a_dashboard_off_loopback_without_a_password(tmp_path: Path) -> None:
+    env = {**os.environ, "RQKIT_DASHBOARD_HOST": "0.0.0.0", "RQKIT_VAR_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "cli.py", "up"], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert "RQKIT_DASHBOARD_USERNAME" in done.stderr and "Traceback" not in done.stderr
