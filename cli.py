@@ -14,7 +14,7 @@ import click
 import redis
 
 from config import RedisUnavailable, get_settings, redis_client
-from jobs import JOBS, content, monitoring, stats, submit
+from jobs import content, monitoring, stats, submit
 from jobs.errors import JobInputError, ToolkitError
 from launcher.stack import Stack
 
@@ -42,7 +42,9 @@ class JobCommands(click.Group):
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         if args and not args[0].startswith("-") and args[0] not in self.commands:
-            raise click.UsageError(f"unknown job {args[0]!r}; known jobs: {', '.join(sorted(self.commands))}", ctx)
+            raise click.UsageError(
+                f"unknown job {args[0]!r}; known jobs: {', '.join(sorted(self.commands))}", ctx
+            )
         return super().resolve_command(ctx, args)
 
 
@@ -78,8 +80,12 @@ def enqueue_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--queue", help="Put the job on this queue instead of its own."),
         click.option("--at-front", is_flag=True, help="Put the job at the front of its queue."),
         click.option("--in", "delay", type=Duration(), help="Run it after a delay: 30s, 5m, 2h, 1d."),
-        click.option("--at", "at", type=When(), help="Run it at a time (ISO-8601; without an offset: local time)."),
-        click.option("--wait", is_flag=True, help="Block until done; print the result, or the failure and exit 1."),
+        click.option(
+            "--at", "at", type=When(), help="Run it at a time (ISO-8601; without an offset: local time)."
+        ),
+        click.option(
+            "--wait", is_flag=True, help="Block until done; print the result, or the failure and exit 1."
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON document."),
     ]
     for option in reversed(options):
@@ -94,7 +100,9 @@ def cli() -> None:
     Example: python cli.py up --demo
     """
     level = get_settings().log_level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 @cli.group(cls=JobCommands)
@@ -105,15 +113,30 @@ def enqueue() -> None:
     """
 
 
-def run_enqueue(name: str, args: tuple[Any, ...], *, queue: str | None, at_front: bool,
-                delay: timedelta | None, at: datetime | None, wait: bool, as_json: bool) -> None:  # fmt: skip
+def run_enqueue(
+    name: str,
+    args: tuple[Any, ...],
+    *,
+    queue: str | None,
+    at_front: bool,
+    delay: timedelta | None,
+    at: datetime | None,
+    wait: bool,
+    as_json: bool,
+) -> None:
     """Submit through the registry, report, and with --wait report the outcome."""
     if delay and at:
         raise click.UsageError("--in and --at cannot be used together")
     when = datetime.now().astimezone() + delay if delay else at
     job, duplicate = submit(name, args, queue=queue, at_front=at_front, at=when)
-    report: dict[str, Any] = {"id": job.id, "job": name, "args": list(args), "queue": job.origin,
-                              "status": job.get_status(refresh=False).value, "duplicate": duplicate}  # fmt: skip
+    report: dict[str, Any] = {
+        "id": job.id,
+        "job": name,
+        "args": list(args),
+        "queue": job.origin,
+        "status": job.get_status(refresh=False).value,
+        "duplicate": duplicate,
+    }
     if wait:
         outcome = monitoring.wait_for(job)
         report.update(outcome.as_dict())
@@ -188,7 +211,11 @@ def show_stats(as_json: bool) -> None:
     """
     connection = redis_client()
     totals = {model: stats.total_word_count(model, connection) for model in stats.MODELS}
-    emit(totals, as_json, lambda t: "\n".join(f"{m:<10}{'not computed yet' if n is None else n}" for m, n in t.items()))
+    emit(
+        totals,
+        as_json,
+        lambda t: "\n".join(f"{m:<10}{'not computed yet' if n is None else n}" for m, n in t.items()),
+    )
 
 
 @cli.group()
@@ -200,25 +227,41 @@ def demo() -> None:
 
 
 @demo.command()
-@click.option("--articles", default=20, type=click.IntRange(min=1), show_default=True, help="Articles to add.")
-@click.option("--comments", default=5, type=click.IntRange(min=0), show_default=True, help="Comments per article.")
+@click.option(
+    "--articles", default=20, type=click.IntRange(min=1), show_default=True, help="Articles to add."
+)
+@click.option(
+    "--comments", default=5, type=click.IntRange(min=0), show_default=True, help="Comments per article."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def seed(articles: int, comments: int, as_json: bool) -> None:
     """Add sample articles and comments, then queue a word count of each (as a web app's hooks would).
 
     Example: python cli.py demo seed --articles 50
     """
-    added = content.seed(content.content_engine(get_settings().sqlalchemy_url), articles, comments)
+    added: dict[str, Any] = {
+        **content.seed(content.content_engine(get_settings().sqlalchemy_url), articles, comments)
+    }
     connection = redis_client()
-    added["word_count_jobs"] = [submit("word-count", (m,), connection=connection).job.id for m in stats.MODELS]
-    emit(added, as_json, lambda a: f"added {a['articles']} articles and {a['comments']} comments; "
-                                   f"word counts queued: {', '.join(a['word_count_jobs'])}")  # fmt: skip
+    added["word_count_jobs"] = [
+        submit("word-count", (m,), connection=connection).job.id for m in stats.MODELS
+    ]
+    emit(
+        added,
+        as_json,
+        lambda a: (
+            f"added {a['articles']} articles and {a['comments']} comments; "
+            f"word counts queued: {', '.join(a['word_count_jobs'])}"
+        ),
+    )
 
 
 @cli.command()
-@click.option("--workers", type=click.IntRange(min=1), help="Worker processes (default: RQKIT_WORKERS, 2).")
+@click.option("--workers", type=click.IntRange(min=0), help="Worker processes (default: RQKIT_WORKERS, 2).")
+@click.option("--scheduler/--no-scheduler", default=True, help="Run rqscheduler (default: yes).")
+@click.option("--dashboard/--no-dashboard", default=True, help="Run rq-dashboard (default: yes).")
 @click.option("--demo", "with_demo", is_flag=True, help="Seed sample data and enqueue a few demo jobs.")
-def up(workers: int | None, with_demo: bool) -> None:
+def up(workers: int | None, scheduler: bool, dashboard: bool, with_demo: bool) -> None:
     """Run everything: Redis (embedded if none answers), workers, rqscheduler and rq-dashboard.
 
     Ctrl-C (or SIGTERM) stops it all; workers finish their current job first.
@@ -226,9 +269,17 @@ def up(workers: int | None, with_demo: bool) -> None:
     Example: python cli.py up --workers 4 --demo
     """
     settings = get_settings()
-    stack = Stack(settings, workers or settings.workers)
-    code = stack.run(on_ready=(lambda: run_demo(stack)) if with_demo else None)
-    sys.exit(code)
+    stack = Stack(settings, settings.workers if workers is None else workers, scheduler, dashboard)
+    sys.exit(stack.run(on_ready=(lambda: run_demo(stack)) if with_demo else None))
+
+
+@cli.command("redis")
+def run_redis() -> None:
+    """Run only Redis (embedded if none answers), to start the other parts by hand; Ctrl-C stops it.
+
+    Example: python cli.py redis
+    """
+    sys.exit(Stack(get_settings(), workers=0, scheduler=False, dashboard=False).run())
 
 
 def run_demo(stack: Stack) -> None:
@@ -237,17 +288,28 @@ def run_demo(stack: Stack) -> None:
     added = content.seed(engine, 20, 5)
     stack.say("demo", f"added {added['articles']} articles and {added['comments']} comments")
     connection = redis_client(stack.settings)
-    demo_jobs = [("sleep", (1,), None), ("sleep", (2,), None), ("word-count", ("comment",), None),
-                 ("word-count", ("article",), None), ("sleep", (1,), datetime.now().astimezone() + timedelta(seconds=10))]  # fmt: skip
+    demo_jobs = [
+        ("sleep", (1,), None),
+        ("sleep", (2,), None),
+        ("word-count", ("comment",), None),
+        ("word-count", ("article",), None),
+        ("sleep", (1,), datetime.now().astimezone() + timedelta(seconds=10)),
+    ]
     submitted = [submit(name, args, at=at, connection=connection).job for name, args, at in demo_jobs]
     for job in submitted:
         stack.say("demo", f"enqueued {job.description} as job {job.id}")
     for job in submitted:
         outcome = monitoring.wait_for(job)
-        stack.say("demo", f"{job.description}: {outcome.status} {json.dumps(outcome.result) if outcome.result else ''}")
+        stack.say(
+            "demo",
+            f"{job.description}: {outcome.status} {json.dumps(outcome.result) if outcome.result else ''}",
+        )
     totals = {m: stats.total_word_count(m, connection) for m in stats.MODELS}
-    stack.say("demo", f"cached word counts (python cli.py stats): {totals}; dashboard: "
-                      f"http://{stack.settings.dashboard_host}:{stack.settings.dashboard_port}")  # fmt: skip
+    stack.say(
+        "demo",
+        f"cached word counts (python cli.py stats): {totals}; dashboard: "
+        f"http://{stack.settings.dashboard_host}:{stack.settings.dashboard_port}",
+    )
 
 
 if __name__ == "__main__":

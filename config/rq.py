@@ -1,4 +1,4 @@
-"""RQ settings module: `rq worker -c config.rq` and `rq info -c config.rq` use the toolkit's Redis and queues."""
+"""RQ settings module: `rq worker -c config.rq` uses the toolkit's Redis URL and queues."""
 
 from config.settings import get_settings
 

@@ -86,7 +86,9 @@ def read_config_file(env: Mapping[str, str]) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: {exc}") from exc
     for key in data:
         if key in SECRETS:
-            raise ConfigError(f"{key} in {path}: secrets come from the environment only ({env_names(key)[0]})")
+            raise ConfigError(
+                f"{key} in {path}: secrets come from the environment only ({env_names(key)[0]})"
+            )
         if key not in FIELDS:
             raise ConfigError(f"{key} in {path}: unknown setting (known: {', '.join(sorted(FIELDS))})")
     if urlsplit(str(data.get("redis_url", ""))).password:

@@ -58,16 +58,16 @@ def sample_text(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(words))
 
 
-def seed(engine: Engine, articles_count: int = 20, comments_per_article: int = 5, rng_seed: int = 0) -> dict[str, int]:
+def seed(engine: Engine, articles_count: int = 20, comments_per_article: int = 5) -> dict[str, int]:
     """Add sample articles, each with comments; return how many rows were added."""
-    rng = random.Random(rng_seed)
+    rng = random.Random()
     with engine.begin() as conn:
         for _ in range(articles_count):
-            article_id = conn.execute(
-                articles.insert().values(title=sample_text(rng, 4), body=sample_text(rng, rng.randint(50, 300)))
-            ).inserted_primary_key[0]
-            conn.execute(
-                comments.insert(),
-                [{"article_id": article_id, "body": sample_text(rng, rng.randint(3, 40))} for _ in range(comments_per_article)],
+            article = articles.insert().values(
+                title=sample_text(rng, 4), body=sample_text(rng, rng.randint(50, 300))
             )
+            key = conn.execute(article).inserted_primary_key
+            assert key is not None
+            bodies = [sample_text(rng, rng.randint(3, 40)) for _ in range(comments_per_article)]
+            conn.execute(comments.insert(), [{"article_id": key[0], "body": body} for body in bodies])
     return {"articles": articles_count, "comments": articles_count * comments_per_article}

@@ -10,6 +10,7 @@ from redis import Redis
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
+from rq.worker import BaseWorker
 from rq_scheduler import Scheduler
 
 from config import get_settings, ping
@@ -58,7 +59,9 @@ def exception_line(traceback_text: str) -> str:
     lines = traceback_text.rstrip().splitlines()
     frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
     tail = lines[frames[-1] + 1 :] if frames else lines
-    line = next((line for line in tail if line.strip() and not line.startswith(" ")), lines[-1] if lines else "")
+    line = next(
+        (line for line in tail if line.strip() and not line.startswith(" ")), lines[-1] if lines else ""
+    )
     kind, colon, message = line.partition(": ")
     return f"{kind.rpartition('.')[2]}{colon}{message}" if " " not in kind else line
 
@@ -75,7 +78,7 @@ def queue_counts(queue: Queue) -> dict[str, Any]:
     }
 
 
-def worker_view(worker: Worker) -> dict[str, Any]:
+def worker_view(worker: BaseWorker) -> dict[str, Any]:
     return {
         "name": worker.name,
         "hostname": worker.hostname,

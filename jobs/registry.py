@@ -15,6 +15,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError, TimeoutError, WatchError
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
+from rq.utils import as_text
 
 from config import RedisUnavailable, get_settings, redis_client
 from config.connection import url_of
@@ -53,7 +54,11 @@ class JobSpec:
 
     def describe(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """A one-line description for `rq info` and the dashboard."""
-        words = [self.name, *(json.dumps(a) for a in args), *(f"{k}={json.dumps(v)}" for k, v in kwargs.items())]
+        words = [
+            self.name,
+            *(json.dumps(a) for a in args),
+            *(f"{k}={json.dumps(v)}" for k, v in kwargs.items()),
+        ]
         return " ".join(words)
 
 
@@ -127,7 +132,9 @@ def submit(
         result_ttl=spec.result_ttl,
         failure_ttl=spec.failure_ttl,
         description=spec.describe(args, kwargs),
-        retry=Retry(max=len(spec.retry_intervals), interval=list(spec.retry_intervals)) if spec.retry_intervals else None,
+        retry=Retry(max=len(spec.retry_intervals), interval=list(spec.retry_intervals))
+        if spec.retry_intervals
+        else None,
         meta={"rqkit_job": name},
     )
     when = at.astimezone(UTC) if at else None
@@ -157,7 +164,7 @@ def put_unique(queue: Queue, job: Job, when: datetime | None, at_front: bool) ->
                 pipe.watch(key)
                 pending_id = pipe.get(key)
                 if pending_id:
-                    pending = Job.fetch_many([pending_id.decode()], connection=queue.connection)[0]
+                    pending = Job.fetch_many([as_text(pending_id)], connection=queue.connection)[0]
                     if pending is not None and pending.get_status() in PENDING:
                         return Submission(pending, duplicate=True)
                 pipe.multi()

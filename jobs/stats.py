@@ -32,7 +32,9 @@ def count_words(engine: Engine, table: Table) -> tuple[int, int]:
     """Total words over the table's bodies and the number of rows, streamed in batches."""
     words = rows = 0
     with engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=BATCH_ROWS).execute(select(table.c.body))
+        result = conn.execution_options(stream_results=True, yield_per=BATCH_ROWS).execute(
+            select(table.c.body)
+        )
         for batch in result.partitions():
             rows += len(batch)
             words += sum(len(body.split()) for (body,) in batch)

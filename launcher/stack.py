@@ -39,8 +39,16 @@ def die_with_parent() -> None:
 class Stack:
     """Starts the parts, copies their logs, and stops them all, Redis last."""
 
-    def __init__(self, settings: Settings, workers: int, out: IO[str] = sys.stdout) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        workers: int,
+        scheduler: bool = True,
+        dashboard: bool = True,
+        out: IO[str] = sys.stdout,
+    ) -> None:
         self.settings, self.workers, self.out = settings, workers, out
+        self.with_scheduler, self.with_dashboard = scheduler, dashboard
         self.redis: RedisServer | None = None
         self.children: list[Child] = []
         self.stop_requested = threading.Event()
@@ -54,7 +62,8 @@ class Stack:
 
     def run(self, on_ready: Callable[[], None] | None = None) -> int:
         """Bring everything up, wait for Ctrl-C, SIGTERM or a child's death, then stop all; the exit code."""
-        check_dashboard_address(self.settings)
+        if self.with_dashboard:
+            check_dashboard_address(self.settings)
         previous = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.start_redis()
@@ -110,14 +119,23 @@ class Stack:
         )
         dashboard = Child(
             "dashboard",
-            [python, "-m", "rq_dashboard", "--bind", self.settings.dashboard_host,
-             "--port", str(self.settings.dashboard_port)],
-        )  # fmt: skip
-        return [*workers, scheduler, dashboard]
+            [
+                python,
+                "-m",
+                "rq_dashboard",
+                "--bind",
+                self.settings.dashboard_host,
+                "--port",
+                str(self.settings.dashboard_port),
+            ],
+        )
+        return workers + [scheduler] * self.with_scheduler + [dashboard] * self.with_dashboard
 
     def child_env(self) -> dict[str, str]:
         url = self.settings.redis_url
-        env = dict(os.environ, REDIS_URL=url, RQ_REDIS_URL=url, RQ_DASHBOARD_REDIS_URL=url, PYTHONUNBUFFERED="1")
+        env = dict(
+            os.environ, REDIS_URL=url, RQ_REDIS_URL=url, RQ_DASHBOARD_REDIS_URL=url, PYTHONUNBUFFERED="1"
+        )
         if self.settings.dashboard_username:
             env.update(
                 RQ_DASHBOARD_USERNAME=self.settings.dashboard_username,
@@ -151,10 +169,16 @@ class Stack:
     def print_summary(self) -> None:
         s = self.settings
         self.say("up", f"redis      {redacted_url(s.redis_url)}")
-        self.say("up", f"workers    {self.workers} x rq worker -c config.rq --with-scheduler ({', '.join(s.queues)})")
-        self.say("up", f"scheduler  rqscheduler, checking every {s.scheduler_interval:g}s")
-        self.say("up", f"dashboard  http://{s.dashboard_host}:{s.dashboard_port}")
-        self.say("up", "Ctrl-C stops everything (workers finish their current job first; twice to stop them now)")
+        if self.workers:
+            queues = ", ".join(s.queues)
+            self.say("up", f"workers    {self.workers} x rq worker -c config.rq --with-scheduler ({queues})")
+        if self.with_scheduler:
+            self.say("up", f"scheduler  rqscheduler, checking every {s.scheduler_interval:g}s")
+        if self.with_dashboard:
+            self.say("up", f"dashboard  http://{s.dashboard_host}:{s.dashboard_port}")
+        self.say(
+            "up", "Ctrl-C stops everything (workers finish their job first; press twice to stop them now)"
+        )
 
     def supervise(self) -> int:
         """Wait for a stop request (exit 0) or a child that exits by itself (exit 1)."""
@@ -182,12 +206,14 @@ def check_dashboard_address(settings: Settings) -> None:
     host, port = settings.dashboard_host, settings.dashboard_port
     if host not in LOOPBACK and not settings.dashboard_username:
         raise ToolkitError(
-            f"RQKIT_DASHBOARD_HOST={host} is not loopback: set RQKIT_DASHBOARD_USERNAME and RQKIT_DASHBOARD_PASSWORD"
+            f"RQKIT_DASHBOARD_HOST={host} is not loopback: "
+            "set RQKIT_DASHBOARD_USERNAME and RQKIT_DASHBOARD_PASSWORD for basic auth"
         )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as sock:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise ToolkitError(f"dashboard address {host}:{port} is not free ({exc.strerror}); "
-                               "set RQKIT_DASHBOARD_PORT") from exc
+            raise ToolkitError(
+                f"dashboard address {host}:{port} is not free ({exc.strerror}); set RQKIT_DASHBOARD_PORT"
+            ) from exc

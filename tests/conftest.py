@@ -29,7 +29,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="session", autouse=True)
-def toolkit_env(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def toolkit_env(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     """Point every setting at the test server and a private var dir, for this process and its children."""
     config_file = tmp_path_factory.mktemp("config") / "empty.toml"
     config_file.write_text("")
@@ -90,8 +92,13 @@ def start_worker(connection: Redis) -> Iterator[Callable[..., subprocess.Popen[b
 
     def start(*queues: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "rq.cli", "worker", "-c", "config.rq", *queues]
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**os.environ, **(env or {})},
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        process = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         started.append(process)
         return process
 

@@ -31,7 +31,9 @@ def run_json(*args: str) -> Any:
 def all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     found = [prefix]
     for name, command in group.commands.items():
-        found += all_commands(command, (*prefix, name)) if isinstance(command, click.Group) else [(*prefix, name)]
+        found += (
+            all_commands(command, (*prefix, name)) if isinstance(command, click.Group) else [(*prefix, name)]
+        )
     return found
 
 
@@ -44,8 +46,14 @@ def test_every_command_has_help_with_an_example(command: tuple[str, ...]) -> Non
 
 def test_enqueue_prints_the_job(connection: Redis) -> None:
     report = run_json("enqueue", "sleep", "2")
-    assert report | {"id": None} == {"id": None, "job": "sleep", "args": [2], "queue": "default",
-                                     "status": "queued", "duplicate": False}  # fmt: skip
+    assert report | {"id": None} == {
+        "id": None,
+        "job": "sleep",
+        "args": [2],
+        "queue": "default",
+        "status": "queued",
+        "duplicate": False,
+    }
     assert Queue("default", connection=connection).job_ids == [report["id"]]
     human = run("enqueue", "sleep", "1.5", "--at-front")
     assert human.exit_code == 0 and human.output.startswith("sleep 1.5: queued as job ")
@@ -84,7 +92,9 @@ def test_usage_errors_exit_2_with_one_line(connection: Redis, args: list[str], m
 
 
 @pytest.mark.parametrize("args", [["enqueue", "sleep", "1"], ["info"], ["stats"]])
-def test_unreachable_redis_is_one_line_naming_the_url(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+def test_unreachable_redis_is_one_line_naming_the_url(
+    monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     monkeypatch.setenv("REDIS_URL", url)
     result = run(*args)
@@ -115,15 +125,23 @@ def test_wait_prints_the_result_from_a_real_worker(connection: Redis, start_work
     result = run("enqueue", "sleep", "0.2", "--wait", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) | {"id": None} == {
-        "id": None, "job": "sleep", "args": [0.2], "queue": "default", "status": "finished",
-        "duplicate": False, "result": {"slept": 0.2}, "reason": None,
-    }  # fmt: skip
+        "id": None,
+        "job": "sleep",
+        "args": [0.2],
+        "queue": "default",
+        "status": "finished",
+        "duplicate": False,
+        "result": {"slept": 0.2},
+        "reason": None,
+    }
     worker_view = run_json("info")["workers"]
     assert len(worker_view) == 1 and worker_view[0]["finished"] == 1
 
 
 def test_wait_reports_a_failure_and_exits_1(connection: Redis, start_worker: Any, tmp_path: Path) -> None:
-    start_worker("maintenance", env={"DATABASE_URL": f"sqlite:///{tmp_path}"})  # a directory: cannot be opened
+    start_worker(
+        "maintenance", env={"DATABASE_URL": f"sqlite:///{tmp_path}"}
+    )  # a directory: cannot be opened
     result = run("enqueue", "word-count", "comment", "--wait")
     assert result.exit_code == 1
     assert result.output.splitlines()[-1] == (
@@ -131,7 +149,9 @@ def test_wait_reports_a_failure_and_exits_1(connection: Redis, start_worker: Any
     )
 
 
-def test_demo_seed_adds_rows_and_queues_the_recounts(engine: Engine, connection: Redis, run_jobs: Any) -> None:
+def test_demo_seed_adds_rows_and_queues_the_recounts(
+    engine: Engine, connection: Redis, run_jobs: Any
+) -> None:
     added = run_json("demo", "seed", "--articles", "2", "--comments", "3")
     assert (added["articles"], added["comments"], len(added["word_count_jobs"])) == (2, 6, 2)
     assert run_json("stats") == {"comment": None, "article": None}

@@ -39,7 +39,11 @@ def test_enqueue_puts_the_job_on_its_queue_with_its_policy(connection: Redis) ->
 def test_a_job_runs_on_a_worker_and_keeps_its_result(connection: Redis, run_jobs: Any) -> None:
     job = enqueue("sleep", 0.01)
     run_jobs()
-    assert wait_for(job, timeout=1).as_dict() == {"status": "finished", "result": {"slept": 0.01}, "reason": None}
+    assert wait_for(job, timeout=1).as_dict() == {
+        "status": "finished",
+        "result": {"slept": 0.01},
+        "reason": None,
+    }
 
 
 def test_at_front_and_queue_override(connection: Redis) -> None:
@@ -147,7 +151,10 @@ sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) x: y
     ("text", "line"),
     [
         (CHAINED, "OperationalError: (sqlite3.OperationalError) x: y"),
-        ("Traceback (most recent call last):\n  File \"c.py\", line 3\n    x()\nKeyError: 'k'\n", "KeyError: 'k'"),
+        (
+            "Traceback (most recent call last):\n  File \"c.py\", line 3\n    x()\nKeyError: 'k'\n",
+            "KeyError: 'k'",
+        ),
         ("Moved to FailedJobRegistry, job abandoned", "Moved to FailedJobRegistry, job abandoned"),
     ],
 )

@@ -16,7 +16,9 @@ from jobs.monitoring import wait_for
 
 def add_comments(engine: Engine, bodies: list[str]) -> None:
     with engine.begin() as conn:
-        article_id = conn.execute(insert(content.articles).values(title="t", body="a b c")).inserted_primary_key[0]
+        article_id = conn.execute(
+            insert(content.articles).values(title="t", body="a b c")
+        ).inserted_primary_key[0]
         conn.execute(insert(content.comments), [{"article_id": article_id, "body": b} for b in bodies])
 
 
@@ -26,7 +28,9 @@ def test_count_words_streams_across_batches(engine: Engine) -> None:
     assert stats.count_words(engine, content.comments) == (sum(len(b.split()) for b in bodies), len(bodies))
 
 
-def test_the_job_caches_the_total_and_reading_it_is_one_get(engine: Engine, connection: Redis, run_jobs: Any) -> None:
+def test_the_job_caches_the_total_and_reading_it_is_one_get(
+    engine: Engine, connection: Redis, run_jobs: Any
+) -> None:
     add_comments(engine, ["one two three", "four five"])
     assert stats.total_word_count("comment", connection) is None
     job = enqueue("word-count", "comment")
