@@ -18,5 +18,7 @@ CHECKS = {
 
 @pytest.mark.parametrize("name", CHECKS)
 def test_style(name: str) -> None:
-    done = subprocess.run([sys.executable, "-m", *CHECKS[name]], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", *CHECKS[name]], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
