@@ -15,6 +15,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError
 
 from config import ToolkitError
+from launcher.children import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,9 @@ class RedisServer:
             "--logfile",
             str(self.data_dir / "redis.log"),
         ]
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent
+        )
         client = Redis(host=self.host, port=self.port, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

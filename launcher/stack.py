@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -15,9 +14,8 @@ from typing import IO
 
 from config import Settings, ToolkitError, redacted_url
 from config.settings import PROJECT_ROOT
+from launcher.children import die_with_parent
 from launcher.redis_server import LOOPBACK, RedisServer, answers, embeddable_address
-
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -27,13 +25,6 @@ class Child:
     name: str
     command: list[str]
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if `up` dies without cleaning up (Linux only)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if hasattr(libc, "prctl"):
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Stack:

@@ -99,3 +99,10 @@ def test_rq_settings_module_uses_the_same_url_and_queues(monkeypatch: pytest.Mon
     module = importlib.reload(config.rq)
     assert module.REDIS_URL == "redis://127.0.0.1:7002/3"
     assert module.QUEUES == ["email", "default"]
+
+
+def test_the_example_file_loads_and_matches_the_defaults() -> None:
+    from config.settings import PROJECT_ROOT
+
+    example = PROJECT_ROOT / "config" / "settings.example.toml"
+    assert load_settings({"RQKIT_CONFIG": str(example)}) == Settings()
