@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
@@ -19,8 +20,13 @@ class RedisUnavailable(ToolkitError):
 
 
 def redis_client(settings: Settings | None = None) -> Redis:
-    """A client for the configured Redis (no connection is made until first use)."""
-    settings = settings or get_settings()
+    """The client for the configured Redis, shared by the process (it connects on first use)."""
+    return client_for(settings or get_settings())
+
+
+@cache
+def client_for(settings: Settings) -> Redis:
+    """One client, and so one connection pool, per settings: reusing connections is most of the speed."""
     timeout = settings.redis_connect_timeout
     return Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, health_check_interval=30)
 

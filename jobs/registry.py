@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, NamedTuple
 
 from redis import Redis
@@ -41,12 +42,16 @@ class JobSpec:
     unique: bool = False  # at most one pending job per set of arguments
     check: Callable[..., None] | None = None  # raises JobInputError for bad arguments
 
+    @cached_property
+    def signature(self) -> inspect.Signature:
+        return inspect.signature(self.func)
+
     def validate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Refuse arguments that are not JSON or that the job cannot take."""
         check_json(list(args), "arguments")
         check_json(kwargs, "keyword arguments")
         try:
-            inspect.signature(self.func).bind(*args, **kwargs)
+            self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise JobInputError(f"{self.name}: {exc}") from exc
         if self.check:
@@ -141,7 +146,9 @@ def submit(
     try:
         if spec.unique:
             return put_unique(rq_queue, job, when, at_front)
-        put(rq_queue, job, when, at_front)
+        with connection.pipeline() as pipe:  # one round trip instead of RQ's two
+            put(rq_queue, job, when, at_front, pipeline=pipe)
+            pipe.execute()
     except (ConnectionError, TimeoutError) as exc:
         raise RedisUnavailable(url_of(connection)) from exc
     return Submission(job, duplicate=False)
