@@ -138,6 +138,8 @@ def run_enqueue(
         "duplicate": duplicate,
     }
     if wait:
+        if not monitoring.listening_workers(job.origin):
+            click.echo(f"waiting for job {job.id}: no worker listens on {job.origin!r} yet", err=True)
         outcome = monitoring.wait_for(job)
         report.update(outcome.as_dict())
     emit(report, as_json, render_submission)

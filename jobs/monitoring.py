@@ -13,7 +13,7 @@ from rq.job import Job, JobStatus
 from rq.worker import BaseWorker
 from rq_scheduler import Scheduler
 
-from config import get_settings, ping
+from config import get_settings, ping, redis_client
 
 TERMINAL = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 
@@ -89,6 +89,12 @@ def worker_view(worker: BaseWorker) -> dict[str, Any]:
         "finished": worker.successful_job_count,
         "failed": worker.failed_job_count,
     }
+
+
+def listening_workers(queue_name: str, connection: Redis | None = None) -> list[str]:
+    """Names of the workers that listen on `queue_name`."""
+    queue = Queue(queue_name, connection=connection or redis_client())
+    return [worker.name for worker in Worker.all(queue=queue)]
 
 
 def overview(connection: Redis) -> dict[str, Any]:

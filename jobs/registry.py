@@ -107,7 +107,7 @@ def get_spec(name: str) -> JobSpec:
 
 
 def enqueue(name: str, *args: Any, **kwargs: Any) -> Job:
-    """Enqueue job `name`; options as for `submit`, the rest go to the job."""
+    """Enqueue job `name` with these arguments; `submit` also takes queue, time and priority options."""
     return submit(name, args, kwargs).job
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from rq import Queue
 from sqlalchemy import Engine
 
 from cli import cli
+from config.settings import PROJECT_ROOT
 from launcher.redis_server import free_port
 
 
@@ -159,3 +162,25 @@ def test_demo_seed_adds_rows_and_queues_the_recounts(
     totals = run_json("stats")
     assert totals["comment"] > 0 and totals["article"] > 0
     assert run("stats").output.startswith(f"comment   {totals['comment']}\n")
+
+
+def test_wait_says_when_no_worker_listens(connection: Redis, start_worker: Any) -> None:
+    command = [
+        sys.executable,
+        "cli.py",
+        "enqueue",
+        "sleep",
+        "0",
+        "--queue",
+        "maintenance",
+        "--wait",
+        "--json",
+    ]
+    waiting = subprocess.Popen(
+        command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert waiting.stderr is not None
+    assert "no worker listens on 'maintenance' yet" in waiting.stderr.readline()
+    start_worker("maintenance")
+    out, _ = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0 and json.loads(out)["status"] == "finished"
