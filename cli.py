@@ -30,7 +30,7 @@ class Toolkit(click.Group):
         try:
             return super().invoke(ctx)
         except JobInputError as exc:
-            raise click.UsageError(str(exc), ctx) from exc
+            raise click.UsageError(str(exc)) from exc  # no ctx: the root's usage line would mislead
         except ToolkitError as exc:
             raise click.ClickException(str(exc)) from exc
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -161,7 +161,7 @@ def render_submission(report: dict[str, Any]) -> str:
 
 
 @enqueue.command("sleep")
-@click.argument("seconds", type=click.FloatRange(min=0))
+@click.argument("seconds", type=float)
 @enqueue_options
 def enqueue_sleep(seconds: float, **options: Any) -> None:
     """Sleep SECONDS on a worker (the Resque tutorial's Sleeper).
@@ -309,7 +309,7 @@ def run_demo(stack: Stack) -> None:
     totals = {m: stats.total_word_count(m, connection) for m in stats.MODELS}
     stack.say(
         "demo",
-        f"cached word counts (python cli.py stats): {totals}; dashboard: "
+        f"cached word counts (python cli.py stats): {json.dumps(totals)}; dashboard: "
         f"http://{stack.settings.dashboard_host}:{stack.settings.dashboard_port}",
     )
 

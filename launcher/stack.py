@@ -167,9 +167,10 @@ class Stack:
             self.say("up", f"scheduler  rqscheduler, checking every {s.scheduler_interval:g}s")
         if self.with_dashboard:
             self.say("up", f"dashboard  http://{s.dashboard_host}:{s.dashboard_port}")
-        self.say(
-            "up", "Ctrl-C stops everything (workers finish their job first; press twice to stop them now)"
-        )
+        if self.workers:
+            self.say("up", "Ctrl-C stops everything (workers finish their job first; twice: stop them now)")
+        else:
+            self.say("up", "Ctrl-C stops it")
 
     def supervise(self) -> int:
         """Wait for a stop request (exit 0) or a child that exits by itself (exit 1)."""
@@ -189,7 +190,9 @@ class Stack:
         for child in self.children:
             if child.process:
                 code = child.process.wait()
-                self.say(child.name, f"stopped (exit code {code})")
+                self.say(
+                    child.name, "stopped" if code in (0, -signal.SIGTERM) else f"stopped (exit code {code})"
+                )
 
 
 def check_dashboard_address(settings: Settings) -> None:

@@ -184,3 +184,9 @@ def test_wait_says_when_no_worker_listens(connection: Redis, start_worker: Any) 
     start_worker("maintenance")
     out, _ = waiting.communicate(timeout=60)
     assert waiting.returncode == 0 and json.loads(out)["status"] == "finished"
+
+
+def test_a_negative_delay_gets_the_jobs_own_message(connection: Redis) -> None:
+    result = run("enqueue", "sleep", "--", "-3")
+    assert result.exit_code == 2
+    assert result.output == "Error: sleep: SECONDS must be a number from 0 to 3600, got -3\n"
