@@ -53,7 +53,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"redis://{host}:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start the server and wait until it answers PING."""
@@ -80,18 +81,13 @@ class RedisServer:
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent
         )
-        client = Redis(host=self.host, port=self.port, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ToolkitError(f"redis-server exited at start; see {self.data_dir / 'redis.log'}")
-            try:
-                client.ping()
+            if answers(self.url, timeout=1):
                 return self
-            except ConnectionError:
-                time.sleep(0.05)
-            finally:
-                client.close()
+            time.sleep(0.05)
         self.stop()
         raise ToolkitError(f"redis-server did not answer on {self.host}:{self.port} within {timeout:.0f}s")
 
