@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 import shutil
 import socket
 import subprocess
@@ -16,8 +15,6 @@ from redis.exceptions import ConnectionError
 
 from config import ToolkitError
 from launcher.children import die_with_parent
-
-logger = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,9 +13,9 @@ from rq import SimpleWorker
 from sqlalchemy import Engine
 
 from config import get_settings
-from config.settings import PROJECT_ROOT
 from jobs import content
 from launcher.redis_server import RedisServer, free_port
+from tests.support import start_python
 
 CLEARED = ("REDIS_URL", "RQ_REDIS_URL", "DATABASE_URL", "RQ_CONFIG")
 
@@ -91,14 +90,8 @@ def start_worker(connection: Redis) -> Iterator[Callable[..., subprocess.Popen[b
     started: list[subprocess.Popen[bytes]] = []
 
     def start(*queues: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "rq.cli", "worker", "-c", "config.rq", *queues]
-        process = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        command = ["-m", "rq.cli", "worker", "-c", "config.rq", *queues]
+        process = start_python(*command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         started.append(process)
         return process
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ from rq import Queue
 from sqlalchemy import Engine
 
 from cli import cli
-from config.settings import PROJECT_ROOT
 from launcher.redis_server import free_port
+from tests.support import start_python
 
 
 def run(*args: str) -> Result:
@@ -165,20 +164,8 @@ def test_demo_seed_adds_rows_and_queues_the_recounts(
 
 
 def test_wait_says_when_no_worker_listens(connection: Redis, start_worker: Any) -> None:
-    command = [
-        sys.executable,
-        "cli.py",
-        "enqueue",
-        "sleep",
-        "0",
-        "--queue",
-        "maintenance",
-        "--wait",
-        "--json",
-    ]
-    waiting = subprocess.Popen(
-        command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    command = ["cli.py", "enqueue", "sleep", "0", "--queue", "maintenance", "--wait", "--json"]
+    waiting = start_python(*command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert waiting.stderr is not None
     assert "no worker listens on 'maintenance' yet" in waiting.stderr.readline()
     start_worker("maintenance")

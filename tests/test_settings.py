@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from config import ConfigError, load_settings, redacted_url
 from config.settings import PROJECT_ROOT, Settings
+from tests.support import python
 
 
 def write_toml(tmp_path: Path, text: str) -> dict[str, str]:
@@ -110,15 +108,7 @@ def test_the_example_file_loads_and_matches_the_defaults() -> None:
 
 
 def test_rq_with_bad_settings_exits_with_one_line(tmp_path: Path) -> None:
-    env = {**os.environ, "RQKIT_QUEUES": "bad name"}
-    done = subprocess.run(
-        [sys.executable, "-m", "rq.cli", "info", "-c", "config.rq"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = python("-m", "rq.cli", "info", "-c", "config.rq", env={"RQKIT_QUEUES": "bad name"})
     assert done.returncode == 1
     assert (
         done.stderr == "config.rq: RQKIT_QUEUES: bad queue name 'bad name' (letters, digits, - and _ only)\n"

@@ -8,7 +8,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,8 +20,8 @@ from redis import Redis
 from rq.job import Job
 from rq_scheduler import Scheduler
 
-from config.settings import PROJECT_ROOT
 from launcher.redis_server import RedisServer, answers, free_port
+from tests.support import python, start_python
 
 pytestmark = pytest.mark.slow
 
@@ -59,20 +58,12 @@ class Up:
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env, self.log = env, log
-        command = [sys.executable, "cli.py", "up", "--workers", "2"]
-        self.process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+        self.process = start_python(
+            "cli.py", "up", "--workers", "2", env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
         )
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "cli.py", *args],
-            cwd=PROJECT_ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return python("cli.py", *args, env=self.env)
 
     def cli_json(self, *args: str) -> Any:
         done = self.cli(*args, "--json")
@@ -95,7 +86,6 @@ def start_up(tmp_path: Path) -> Iterator[Callable[[str], Up]]:
 
     def start(redis_url: str) -> Up:
         env = {
-            **os.environ,
             "REDIS_URL": redis_url,
             "RQKIT_VAR_DIR": str(tmp_path / "var"),
             "RQKIT_DASHBOARD_PORT": str(free_port()),
@@ -145,14 +135,7 @@ def test_up_embeds_redis_runs_jobs_and_leaves_nothing_behind(
     with urllib.request.urlopen(dashboard, timeout=10) as response:
         assert response.status == 200
 
-    rq_info = subprocess.run(
-        [sys.executable, "-m", "rq.cli", "info", "-c", "config.rq"],
-        cwd=PROJECT_ROOT,
-        env=up.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    rq_info = python("-m", "rq.cli", "info", "-c", "config.rq", env=up.env)
     assert rq_info.returncode == 0 and "2 workers" in rq_info.stdout
 
     assert up.stop(signal.SIGTERM) == 0
@@ -178,15 +161,7 @@ def test_ctrl_c_lets_the_running_job_finish(start_up: Callable[[str], Up], redis
 
 
 def test_up_refuses_a_dashboard_off_loopback_without_a_password(tmp_path: Path) -> None:
-    env = {**os.environ, "RQKIT_DASHBOARD_HOST": "0.0.0.0", "RQKIT_VAR_DIR": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "cli.py", "up"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = python("cli.py", "up", env={"RQKIT_DASHBOARD_HOST": "0.0.0.0", "RQKIT_VAR_DIR": str(tmp_path)})
     assert done.returncode == 1
     assert "RQKIT_DASHBOARD_USERNAME" in done.stderr and "Traceback" not in done.stderr
 
@@ -196,44 +171,21 @@ def test_up_refuses_a_dashboard_port_already_taken(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {**os.environ, "RQKIT_DASHBOARD_PORT": str(port), "RQKIT_VAR_DIR": str(tmp_path)}
-        done = subprocess.run(
-            [sys.executable, "cli.py", "up"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = python("cli.py", "up", env={"RQKIT_DASHBOARD_PORT": str(port), "RQKIT_VAR_DIR": str(tmp_path)})
     assert done.returncode == 1
     assert f"dashboard address 127.0.0.1:{port} is not free" in done.stderr
 
 
 def test_redis_alone_serves_the_stock_rq_commands(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
-    env = {**os.environ, "REDIS_URL": url, "RQ_REDIS_URL": url, "RQKIT_VAR_DIR": str(tmp_path)}
-    server = subprocess.Popen(
-        [sys.executable, "cli.py", "redis"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    env = {"REDIS_URL": url, "RQ_REDIS_URL": url, "RQKIT_VAR_DIR": str(tmp_path)}
+    server = start_python(
+        "cli.py", "redis", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
         wait_until(lambda: answers(url), what="redis")
-        enqueued = subprocess.run(
-            [sys.executable, "cli.py", "enqueue", "sleep", "0"], cwd=PROJECT_ROOT, env=env
-        )
-        assert enqueued.returncode == 0
-        worker = subprocess.run(
-            [sys.executable, "-m", "rq.cli", "worker", "--burst", "default"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        assert python("cli.py", "enqueue", "sleep", "0", env=env).returncode == 0
+        worker = python("-m", "rq.cli", "worker", "--burst", "default", env=env)
         assert worker.returncode == 0 and "Job OK" in worker.stderr + worker.stdout
         server.send_signal(signal.SIGINT)
         assert server.wait(30) == 0
