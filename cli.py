@@ -8,13 +8,14 @@ import re
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
 import redis
 
 from config import RedisUnavailable, get_settings, redis_client
-from jobs import content, monitoring, stats, submit
+from jobs import content, images, monitoring, stats, submit, submit_many
 from jobs.errors import JobInputError, ToolkitError
 from launcher.stack import Stack
 
@@ -115,7 +116,7 @@ def enqueue() -> None:
 
 def run_enqueue(
     name: str,
-    args: tuple[Any, ...],
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
     *,
     queue: str | None,
     at_front: bool,
@@ -124,27 +125,37 @@ def run_enqueue(
     wait: bool,
     as_json: bool,
 ) -> None:
-    """Submit through the registry, report, and with --wait report the outcome."""
+    """Submit each call through the registry, report, and with --wait report the outcomes."""
     if delay and at:
         raise click.UsageError("--in and --at cannot be used together")
     when = datetime.now().astimezone() + delay if delay else at
-    job, duplicate = submit(name, args, queue=queue, at_front=at_front, at=when)
-    report: dict[str, Any] = {
-        "id": job.id,
-        "job": name,
-        "args": list(args),
-        "queue": job.origin,
-        "status": job.get_status(refresh=False).value,
-        "duplicate": duplicate,
-    }
+    submitted = [
+        (args, submit(name, args, kwargs, queue=queue, at_front=at_front, at=when)) for args, kwargs in calls
+    ]
+    reports = [
+        {
+            "id": job.id,
+            "job": name,
+            "args": list(args),
+            "queue": job.origin,
+            "status": job.get_status(refresh=False).value,
+            "duplicate": duplicate,
+        }
+        for args, (job, duplicate) in submitted
+    ]
     if wait:
-        if not monitoring.listening_workers(job.origin):
-            click.echo(f"waiting for job {job.id}: no worker listens on {job.origin!r} yet", err=True)
-        outcome = monitoring.wait_for(job)
-        report.update(outcome.as_dict())
-    emit(report, as_json, render_submission)
-    if wait and report["status"] != "finished":
+        queues = {job.origin for _, (job, _) in submitted}
+        for idle in sorted(q for q in queues if not monitoring.listening_workers(q)):
+            click.echo(f"waiting for {len(submitted)} job(s): no worker listens on {idle!r} yet", err=True)
+        for report, (_, (job, _)) in zip(reports, submitted, strict=True):
+            report.update(monitoring.wait_for(job).as_dict())
+    emit(reports[0] if len(reports) == 1 else reports, as_json, render_submissions)
+    if wait and any(report["status"] != "finished" for report in reports):
         sys.exit(EXIT_FAILURE)
+
+
+def render_submissions(reports: dict[str, Any] | list[dict[str, Any]]) -> str:
+    return "\n".join(map(render_submission, reports if isinstance(reports, list) else [reports]))
 
 
 def render_submission(report: dict[str, Any]) -> str:
@@ -168,7 +179,7 @@ def enqueue_sleep(seconds: float, **options: Any) -> None:
 
     Example: python cli.py enqueue sleep 5 --wait
     """
-    run_enqueue("sleep", (int(seconds) if seconds.is_integer() else seconds,), **options)
+    run_enqueue("sleep", [((int(seconds) if seconds.is_integer() else seconds,), {})], **options)
 
 
 @enqueue.command("word-count")
@@ -179,7 +190,104 @@ def enqueue_word_count(model: str, **options: Any) -> None:
 
     Example: python cli.py enqueue word-count comment --wait
     """
-    run_enqueue("word-count", (model,), **options)
+    run_enqueue("word-count", [((model,), {})], **options)
+
+
+def thumbnail_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--size and --format, for `enqueue thumbnail` and `thumbnails`."""
+    func = click.option(
+        "--format", "fmt", type=click.Choice(["auto", *images.FORMATS]), help="Output format."
+    )(func)
+    return click.option(
+        "--size",
+        "sizes",
+        type=int,
+        multiple=True,
+        help="Long side in pixels; repeat for several (default: settings).",
+    )(func)
+
+
+def thumbnail_kwargs(sizes: tuple[int, ...], fmt: str | None) -> dict[str, Any]:
+    """Only what was given: the job falls back on the settings for the rest."""
+    return {key: value for key, value in (("sizes", list(sizes) or None), ("format", fmt)) if value}
+
+
+@enqueue.command("thumbnail")
+@click.argument("paths", nargs=-1, required=True)
+@thumbnail_options
+@enqueue_options
+def enqueue_thumbnail(
+    paths: tuple[str, ...], sizes: tuple[int, ...], fmt: str | None, **options: Any
+) -> None:
+    """Make bounded thumbnails of each image at PATH (one job per file), under the thumbnails root.
+
+    Paths are relative to the current directory and must lie inside the media root.
+
+    Example: python cli.py enqueue thumbnail photos/cat.jpg --size 256 --wait
+    """
+    places = images.Places.from_settings(get_settings())
+    kwargs = thumbnail_kwargs(sizes, fmt)
+    run_enqueue("thumbnail", [((places.argument(path),), kwargs) for path in paths], **options)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--recursive", "-r", is_flag=True, help="Walk the folders below too (hidden ones skipped).")
+@thumbnail_options
+@click.option("--wait", is_flag=True, help="Show the jobs finishing; exit 1 if any failed.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def thumbnails(
+    directory: Path, recursive: bool, sizes: tuple[int, ...], fmt: str | None, wait: bool, as_json: bool
+) -> None:
+    """Enqueue a thumbnail job for every image in DIRECTORY whose thumbnails are missing or stale.
+
+    Example: python cli.py thumbnails photos --recursive --wait
+    """
+    settings = get_settings()
+    places = images.Places.from_settings(settings)
+    kwargs = thumbnail_kwargs(sizes, fmt)
+    spec = images.ThumbnailSpec.build(kwargs.get("sizes"), kwargs.get("format"), settings)
+    root = directory.resolve()
+    if not root.is_relative_to(places.media_root):
+        raise click.UsageError(f"{directory} is outside the media root {places.media_root}")
+    found = list(images.find_images(root, recursive, skip=places.thumbs_root))
+    calls = []
+    with click.progressbar(found, label="checking", file=sys.stderr) as bar:
+        for path in bar:
+            argument = places.relative(path)
+            if not images.is_up_to_date(argument, places, spec):
+                calls.append((argument,))
+    jobs, refused = submit_many("thumbnail", calls, kwargs)
+    summary: dict[str, Any] = {
+        "images": len(found),
+        "enqueued": len(jobs),
+        "up_to_date": len(found) - len(calls),
+        "refused": [{"path": args[0], "reason": reason} for args, reason in refused],
+    }
+    if wait and jobs:
+        with click.progressbar(length=len(jobs), label="thumbnails", file=sys.stderr) as bar:
+            outcomes = monitoring.wait_for_all(jobs, bar.update)
+        summary["finished"] = sum(outcome.status == "finished" for outcome in outcomes)
+        summary["failed"] = [
+            {"path": job.args[0], "reason": outcome.reason}
+            for job, outcome in zip(jobs, outcomes, strict=True)
+            if outcome.status != "finished"
+        ]
+    emit(summary, as_json, render_thumbnails_summary)
+    if summary["refused"] or summary.get("failed"):
+        sys.exit(EXIT_FAILURE)
+
+
+def render_thumbnails_summary(summary: dict[str, Any]) -> str:
+    lines = [
+        f"{summary['images']} images: {summary['enqueued']} enqueued, {summary['up_to_date']} up to date, "
+        f"{len(summary['refused'])} refused"
+    ]
+    lines += [f"  refused {item['path']}: {item['reason']}" for item in summary["refused"]]
+    if "finished" in summary:
+        lines.append(f"{summary['finished']} finished, {len(summary['failed'])} failed")
+        lines += [f"  failed {item['path']}: {item['reason']}" for item in summary["failed"]]
+    return "\n".join(lines)
 
 
 @cli.command()

@@ -34,9 +34,22 @@ class Settings:
     dashboard_port: int = 9181
     redis_connect_timeout: float = 2.0
     log_level: str = "INFO"
+    media_root: Path = dataclasses.field(default_factory=Path.cwd)  # where job paths may point
+    thumbnails_dir: Path | None = None  # default: var_dir/thumbnails
+    thumbnail_sizes: tuple[int, ...] = (128, 256, 1024)
+    thumbnail_format: str = "auto"  # jpeg, png, webp, or auto: png for sources with alpha, else jpeg
+    thumbnail_quality: int = 85
+    thumbnail_max_pixels: int = 100_000_000
+    thumbnail_timeout: int = 120
+    thumbnail_memory_mb: int = 1024
     # Secrets: environment only, never read from the TOML file.
     dashboard_username: str = ""
     dashboard_password: str = ""
+
+    @property
+    def thumbnails_root(self) -> Path:
+        """Where thumbnails go: thumbnails_dir, else var_dir/thumbnails."""
+        return self.thumbnails_dir or self.var_dir / "thumbnails"
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -98,22 +111,28 @@ def read_config_file(env: Mapping[str, str]) -> dict[str, Any]:
 
 def convert(name: str, raw: Any, source: str) -> Any:
     """Convert a TOML or environment value to the field's type."""
-    kind = FIELDS[name].type
+    kind = str(FIELDS[name].type)
     try:
-        if kind == "tuple[str, ...]":
+        if kind in ("tuple[str, ...]", "tuple[int, ...]"):
             items = raw.split(",") if isinstance(raw, str) else list(raw)
-            return tuple(str(item).strip() for item in items if str(item).strip())
+            names = tuple(str(item).strip() for item in items if str(item).strip())
+            return names if kind == "tuple[str, ...]" else tuple(int(name) for name in names)
         if kind == "int" and not isinstance(raw, bool):
             return int(raw)
         if kind == "float" and not isinstance(raw, bool):
             return float(raw)
-        if kind == "Path":
+        if kind in ("Path", "Path | None"):
             return Path(str(raw)).expanduser().resolve()
         if kind == "str" and isinstance(raw, str):
             return raw
     except (TypeError, ValueError):
         pass
-    raise ConfigError(f"{source}: expected {kind.replace('tuple[str, ...]', 'a list of names')}, got {raw!r}")
+    expected = {
+        "tuple[str, ...]": "a list of names",
+        "tuple[int, ...]": "a list of numbers",
+        "Path | None": "a path",
+    }
+    raise ConfigError(f"{source}: expected {expected.get(kind, kind)}, got {raw!r}")
 
 
 def validate(settings: Settings) -> None:
@@ -123,6 +142,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"REDIS_URL: scheme must be one of {', '.join(REDIS_SCHEMES)}, got {scheme!r}")
     if settings.database_url and "://" not in settings.database_url:
         raise ConfigError(f"DATABASE_URL: not a database URL: {settings.database_url!r}")
+    if not settings.media_root.is_dir():
+        raise ConfigError(f"RQKIT_MEDIA_ROOT: not a directory: {settings.media_root}")
     if not settings.queues:
         raise ConfigError("RQKIT_QUEUES: at least one queue is needed")
     for queue in settings.queues:
@@ -134,6 +155,20 @@ def validate(settings: Settings) -> None:
         ("dashboard_port", 1 <= settings.dashboard_port <= 65535, "a port number"),
         ("redis_connect_timeout", settings.redis_connect_timeout > 0, "positive"),
         ("log_level", settings.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "a log level"),
+        (
+            "thumbnail_sizes",
+            bool(settings.thumbnail_sizes) and all(1 <= s <= 8192 for s in settings.thumbnail_sizes),
+            "sizes from 1 to 8192",
+        ),
+        (
+            "thumbnail_format",
+            settings.thumbnail_format in ("auto", "jpeg", "png", "webp"),
+            "auto, jpeg, png or webp",
+        ),
+        ("thumbnail_quality", 1 <= settings.thumbnail_quality <= 100, "from 1 to 100"),
+        ("thumbnail_max_pixels", settings.thumbnail_max_pixels > 0, "positive"),
+        ("thumbnail_timeout", settings.thumbnail_timeout > 0, "positive"),
+        ("thumbnail_memory_mb", settings.thumbnail_memory_mb > 0, "positive"),
     ]
     for name, ok, expected in checks:
         if not ok:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from redis import Redis
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
+from rq.utils import as_text
 from rq.worker import BaseWorker
 from rq_scheduler import Scheduler
 
@@ -45,6 +47,31 @@ def wait_for(job: Job, poll: float = 0.1, timeout: float | None = None) -> Outco
         if deadline is not None and time.monotonic() > deadline:
             return Outcome(status.value, reason=f"still {status.value} after {timeout:g}s")
         time.sleep(poll)
+
+
+def wait_for_all(
+    jobs: list[Job], progress: Callable[[int], object] = print, poll: float = 0.2
+) -> list[Outcome]:
+    """Block until every job has ended, calling `progress(n)` as n more end; their outcomes, in order."""
+    outcomes: dict[str, Outcome] = {}
+    while len(outcomes) < len(jobs):
+        waiting = [job for job in jobs if job.id not in outcomes]
+        with waiting[0].connection.pipeline(transaction=False) as pipe:
+            for job in waiting:
+                pipe.hget(job.key, "status")
+            statuses = pipe.execute()
+        ended = [
+            job
+            for job, status in zip(waiting, statuses, strict=True)
+            if not status or as_text(status) in TERMINAL
+        ]
+        for job in ended:
+            outcomes[job.id] = wait_for(job)
+        if ended:
+            progress(len(ended))
+        if len(outcomes) < len(jobs):
+            time.sleep(poll)
+    return [outcomes[job.id] for job in jobs]
 
 
 def failure_reason(job: Job) -> str:

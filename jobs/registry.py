@@ -20,11 +20,12 @@ from rq.utils import as_text
 
 from config import RedisUnavailable, get_settings, redis_client
 from config.connection import url_of
-from jobs import demo, stats
+from jobs import demo, images, stats
 from jobs.errors import JobInputError, UnknownJobError
 
 PENDING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 DAY = 24 * 3600
+BULK_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class JobSpec:
     failure_ttl: int = 30 * DAY
     unique: bool = False  # at most one pending job per set of arguments
     check: Callable[..., None] | None = None  # raises JobInputError for bad arguments
+    timeout_setting: str | None = None  # a Settings field that overrides `timeout`
 
     @cached_property
     def signature(self) -> inspect.Signature:
@@ -66,6 +68,19 @@ class JobSpec:
         ]
         return " ".join(words)
 
+    def job_options(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The RQ job options this policy gives a call."""
+        timeout = getattr(get_settings(), self.timeout_setting) if self.timeout_setting else self.timeout
+        intervals = list(self.retry_intervals)
+        return {
+            "timeout": timeout,
+            "result_ttl": self.result_ttl,
+            "failure_ttl": self.failure_ttl,
+            "description": self.describe(args, kwargs),
+            "retry": Retry(max=len(intervals), interval=intervals) if intervals else None,
+            "meta": {"rqkit_job": self.name},
+        }
+
 
 JOBS: dict[str, JobSpec] = {
     spec.name: spec
@@ -77,6 +92,14 @@ JOBS: dict[str, JobSpec] = {
             description="Sleep SECONDS, then report it (the Resque tutorial's Sleeper)",
             timeout=demo.MAX_SLEEP + 60,
             check=demo.check_seconds,
+        ),
+        JobSpec(
+            "thumbnail",
+            images.thumbnail,
+            queue="images",
+            description="Make bounded thumbnails of the image at PATH (sizes and format from settings)",
+            timeout_setting="thumbnail_timeout",
+            check=images.check_thumbnail,
         ),
         JobSpec(
             "word-count",
@@ -129,19 +152,7 @@ def submit(
     check_queue(queue_name)
     connection = connection or redis_client()
     rq_queue = Queue(queue_name, connection=connection)
-    job = rq_queue.create_job(
-        spec.func,
-        args=args,
-        kwargs=kwargs,
-        timeout=spec.timeout,
-        result_ttl=spec.result_ttl,
-        failure_ttl=spec.failure_ttl,
-        description=spec.describe(args, kwargs),
-        retry=Retry(max=len(spec.retry_intervals), interval=list(spec.retry_intervals))
-        if spec.retry_intervals
-        else None,
-        meta={"rqkit_job": name},
-    )
+    job = rq_queue.create_job(spec.func, args=args, kwargs=kwargs, **spec.job_options(args, kwargs))
     when = at.astimezone(UTC) if at else None
     try:
         if spec.unique:
@@ -152,6 +163,53 @@ def submit(
     except (ConnectionError, TimeoutError) as exc:
         raise RedisUnavailable(url_of(connection)) from exc
     return Submission(job, duplicate=False)
+
+
+class BulkSubmission(NamedTuple):
+    """What a bulk enqueue did: the jobs it enqueued, and the calls it refused with the reason."""
+
+    jobs: list[Job]
+    refused: list[tuple[tuple[Any, ...], str]]
+
+
+def submit_many(
+    name: str,
+    calls: list[tuple[Any, ...]],
+    kwargs: dict[str, Any] | None = None,
+    *,
+    queue: str | None = None,
+    connection: Redis | None = None,
+) -> BulkSubmission:
+    """Enqueue one job per call (same keyword arguments) in pipelined batches; refuse the bad calls."""
+    spec = get_spec(name)
+    if spec.unique:
+        raise JobInputError(f"{name}: unique jobs are enqueued one at a time")
+    kwargs = kwargs or {}
+    queue_name = queue or spec.queue
+    check_queue(queue_name)
+    accepted, refused = [], []
+    for args in calls:
+        try:
+            spec.validate(args, kwargs)
+            accepted.append(args)
+        except JobInputError as exc:
+            refused.append((args, str(exc)))
+    connection = connection or redis_client()
+    rq_queue = Queue(queue_name, connection=connection)
+    jobs: list[Job] = []
+    try:
+        for start in range(0, len(accepted), BULK_BATCH):
+            batch = accepted[start : start + BULK_BATCH]
+            datas = [
+                Queue.prepare_data(spec.func, args, kwargs, **spec.job_options(args, kwargs))
+                for args in batch
+            ]
+            with connection.pipeline() as pipe:
+                jobs += rq_queue.enqueue_many(datas, pipeline=pipe)
+                pipe.execute()
+    except (ConnectionError, TimeoutError) as exc:
+        raise RedisUnavailable(url_of(connection)) from exc
+    return BulkSubmission(jobs, refused)
 
 
 def put(queue: Queue, job: Job, when: datetime | None, at_front: bool, pipeline: Any = None) -> None:

@@ -127,6 +127,7 @@ class Stack:
         env = dict(
             os.environ, REDIS_URL=url, RQ_REDIS_URL=url, RQ_DASHBOARD_REDIS_URL=url, PYTHONUNBUFFERED="1"
         )
+        env["RQKIT_MEDIA_ROOT"] = str(self.settings.media_root)  # workers resolve job paths as `up` does
         if self.settings.dashboard_username:
             env.update(
                 RQ_DASHBOARD_USERNAME=self.settings.dashboard_username,

@@ -1,0 +1,325 @@
+"""Thumbnails: bounded, upright, metadata-free resizes of an image, several sizes from one decode."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from config import Settings, get_settings
+from jobs.errors import JobInputError, ToolkitError
+
+logger = logging.getLogger(__name__)
+
+FORMATS = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
+MAX_SIZE = 8192
+VERSION = 1  # part of every output's marker: bump it when the output changes, and reruns regenerate
+REDUCING_GAP = 3.0  # Pillow's reduce() first, then LANCZOS: near a full LANCZOS, much faster
+TEMP_PREFIX = ".rqkit-tmp-"  # files being written; sweeps leave them alone
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"})
+
+
+class MemoryLimitError(ToolkitError):
+    """The job needed more memory than its cap."""
+
+
+@dataclass(frozen=True)
+class ThumbnailSpec:
+    """What to make: sizes (long side, largest first), format, quality."""
+
+    sizes: tuple[int, ...]
+    format: str
+    quality: int
+
+    @classmethod
+    def build(cls, sizes: list[int] | None, format: str | None, settings: Settings) -> ThumbnailSpec:
+        check_spec(sizes, format)
+        chosen = sizes or list(settings.thumbnail_sizes)
+        return cls(
+            tuple(sorted(set(chosen), reverse=True)),
+            format or settings.thumbnail_format,
+            settings.thumbnail_quality,
+        )
+
+    def marker(self, fmt: str) -> str:
+        return f"rqkit-thumbnail v{VERSION} {fmt} q{self.quality}"
+
+
+@dataclass(frozen=True)
+class Places:
+    """The media root that sources must live under, and the thumbnails root that mirrors it."""
+
+    media_root: Path
+    thumbs_root: Path
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Places:
+        return cls(settings.media_root.resolve(), settings.thumbnails_root.resolve())
+
+    def source(self, path: str) -> Path:
+        """The source's real path, refused unless it lies inside the media root."""
+        resolved = (self.media_root / path).resolve()
+        if not resolved.is_relative_to(self.media_root):
+            raise JobInputError(f"thumbnail: {path} is outside the media root {self.media_root}")
+        if resolved.is_relative_to(self.thumbs_root):
+            raise JobInputError(f"thumbnail: {path} is itself a thumbnail")
+        return resolved
+
+    def argument(self, typed: str) -> str:
+        """A path typed at the shell (relative to the current directory) as the job's argument:
+        relative to the media root when inside it, so that workers with another mount point agree."""
+        absolute = Path(typed).resolve()
+        return self.relative(absolute) if absolute.is_relative_to(self.media_root) else str(absolute)
+
+    def relative(self, source: Path) -> str:
+        return source.relative_to(self.media_root).as_posix()
+
+    def outputs(self, source: Path, spec: ThumbnailSpec, image: Image.Image) -> dict[int, Path]:
+        """<thumbs>/<size>/<path relative to the media root>.<ext>, for each size."""
+        ext = FORMATS[output_format(spec.format, image)][1]
+        return {size: self.thumbs_root / str(size) / f"{self.relative(source)}.{ext}" for size in spec.sizes}
+
+
+def check_spec(sizes: object, format: object) -> None:
+    """Refuse sizes and formats that make no sense, before anything is decoded."""
+    if sizes is not None:
+        if not isinstance(sizes, list) or not sizes:
+            raise JobInputError(f"thumbnail: sizes must be a non-empty list, got {sizes!r}")
+        for size in sizes:
+            if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE:
+                raise JobInputError(
+                    f"thumbnail: a size must be a whole number from 1 to {MAX_SIZE}, got {size!r}"
+                )
+    if format is not None and format not in (*FORMATS, "auto"):
+        raise JobInputError(f"thumbnail: format must be one of auto, {', '.join(FORMATS)}; got {format!r}")
+
+
+def check_thumbnail(path: object, sizes: object = None, format: object = None) -> None:
+    """Enqueue-time check: a path to an existing file inside the media root, sane sizes and format."""
+    if not isinstance(path, str) or not path:
+        raise JobInputError(f"thumbnail: PATH must be a path, got {path!r}")
+    check_spec(sizes, format)
+    source = Places.from_settings(get_settings()).source(path)
+    if not source.is_file():
+        raise JobInputError(f"thumbnail: no such file: {path}")
+
+
+def thumbnail(path: str, sizes: list[int] | None = None, format: str | None = None) -> dict[str, Any]:
+    """Job: make the thumbnails of one image; report what was written and what was already up to date."""
+    settings = get_settings()
+    spec = ThumbnailSpec.build(sizes, format, settings)
+    with memory_cap(settings.thumbnail_memory_mb):
+        report = make_thumbnails(path, Places.from_settings(settings), spec, settings.thumbnail_max_pixels)
+    logger.info("%s: wrote %d, up to date %d", path, len(report["written"]), len(report["skipped"]))
+    return report
+
+
+def make_thumbnails(path: str, places: Places, spec: ThumbnailSpec, max_pixels: int) -> dict[str, Any]:
+    """The core: decode once, write the missing or stale sizes atomically, skip the rest."""
+    source = places.source(path)
+    with open_image(source, max_pixels) as image:
+        fmt = output_format(spec.format, image)
+        marker = spec.marker(fmt)
+        outputs = places.outputs(source, spec, image)
+        mtime = source.stat().st_mtime_ns
+        stale = [size for size in spec.sizes if not up_to_date(outputs[size], mtime, marker)]
+        if stale:  # written while the source is open: a picture may be the decoded source itself
+            rendered = render(image, stale)
+            write_all(
+                {outputs[size]: picture for size, picture in rendered.items()}, fmt, spec.quality, marker
+            )
+    return {
+        "source": places.relative(source),
+        "written": {str(size): str(outputs[size]) for size in stale},
+        "skipped": {str(size): str(outputs[size]) for size in spec.sizes if size not in stale},
+    }
+
+
+@contextmanager
+def open_image(source: Path, max_pixels: int) -> Iterator[Image.Image]:
+    """Open the source lazily, turning every way a file can be bad into a one-line JobInputError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow only warns up to 2x its limit
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        try:
+            with Image.open(source) as image:
+                yield image
+        except FileNotFoundError:
+            raise JobInputError(f"thumbnail: no such file: {source.name}") from None
+        except UnidentifiedImageError:
+            raise JobInputError(f"thumbnail: not an image: {source.name}") from None
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise JobInputError(
+                f"thumbnail: {source.name} has more pixels than the limit of {max_pixels:,}"
+            ) from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise JobInputError(f"thumbnail: cannot decode {source.name}: {exc}") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def output_format(requested: str, image: Image.Image) -> str:
+    """The format to write: `auto` is png for sources with alpha, jpeg otherwise."""
+    if requested != "auto":
+        return requested
+    return "png" if has_alpha(image) else "jpeg"
+
+
+def has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def is_up_to_date(path: str, places: Places, spec: ThumbnailSpec) -> bool:
+    """Whether every output of `path` is already up to date (False if in any doubt: the job will tell)."""
+    try:
+        source = places.source(path)
+        with Image.open(source) as image:
+            marker, outputs = (
+                spec.marker(output_format(spec.format, image)),
+                places.outputs(source, spec, image),
+            )
+        mtime = source.stat().st_mtime_ns
+        return all(up_to_date(output, mtime, marker) for output in outputs.values())
+    except (OSError, SyntaxError, ValueError, ToolkitError, Image.DecompressionBombWarning):
+        return False
+
+
+def up_to_date(output: Path, source_mtime_ns: int, marker: str) -> bool:
+    """An output newer than its source, made with the same parameters (its marker), needs no work."""
+    try:
+        if output.stat().st_mtime_ns <= source_mtime_ns:
+            return False
+        with Image.open(output) as existing:
+            return read_marker(existing) == marker
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def render(image: Image.Image, sizes: list[int]) -> dict[int, Image.Image]:
+    """Shrink once for the largest size, then step down: each smaller size from the one above it."""
+    largest = sizes[0]
+    if image.format == "JPEG":
+        image.draft(None, fit(image.size, largest))  # decode at 1/2, 1/4 or 1/8 scale; before exif_transpose
+    image.load()
+    ImageOps.exif_transpose(image, in_place=True)
+    picture = normalize_mode(image)
+    pictures = {}
+    for size in sizes:
+        target = fit(picture.size, size)
+        if target != picture.size:
+            picture = picture.resize(target, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
+        pictures[size] = picture
+    return pictures
+
+
+def fit(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """`size` scaled down so that its long side is at most `longest` (never scaled up)."""
+    width, height = size
+    scale = longest / max(width, height)
+    if scale >= 1:
+        return size
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def normalize_mode(image: Image.Image) -> Image.Image:
+    """L, RGB or RGBA: palettes before resizing (else nearest-neighbour), 16-bit scaled, CMYK to RGB."""
+    mode = image.mode
+    if mode.startswith("I"):  # 16-bit (or 32-bit integer) grey: scale 0..65535 to 0..255, don't clip
+        return image.convert("I").point(lambda value: value / 256).convert("L")
+    if has_alpha(image):
+        return image if mode == "RGBA" else image.convert("RGBA")
+    if mode in ("L", "RGB"):
+        return image
+    return image.convert("L" if mode in ("1", "F") else "RGB")
+
+
+def flatten(picture: Image.Image) -> Image.Image:
+    """JPEG has no alpha: composite on white."""
+    if picture.mode != "RGBA":
+        return picture
+    background = Image.new("RGB", picture.size, "white")
+    background.paste(picture, mask=picture.getchannel("A"))
+    return background
+
+
+def write_all(pictures: dict[Path, Image.Image], fmt: str, quality: int, marker: str) -> None:
+    """Write every output to a temp file beside it, then rename them all: no partial set on failure."""
+    temps: dict[Path, Path] = {}
+    try:
+        for output, picture in pictures.items():
+            output.parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=output.parent)
+            temps[output] = Path(name)
+            with os.fdopen(handle, "wb") as stream:
+                save(picture, stream, fmt, quality, marker)
+        for output, temp in temps.items():
+            os.replace(temp, output)
+    finally:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
+
+
+def save(picture: Image.Image, stream: Any, fmt: str, quality: int, marker: str) -> None:
+    """Encode without the source's metadata (EXIF can carry GPS): only the colour profile and our marker."""
+    options: dict[str, Any] = {}
+    icc = picture.info.get("icc_profile")
+    if icc:
+        options["icc_profile"] = icc
+    if fmt == "jpeg":
+        picture = flatten(picture)
+        options.update(quality=quality, comment=marker.encode())
+    elif fmt == "png":
+        text = PngImagePlugin.PngInfo()
+        text.add_text("rqkit", marker)
+        options["pnginfo"] = text
+    else:
+        options.update(quality=quality, xmp=marker.encode())
+    kept, picture.info = picture.info, {}
+    try:
+        picture.save(stream, FORMATS[fmt][0], **options)
+    finally:
+        picture.info = kept
+
+
+def read_marker(image: Image.Image) -> str:
+    raw = image.info.get("comment") or image.info.get("rqkit") or image.info.get("xmp") or b""
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+
+
+@contextmanager
+def memory_cap(megabytes: int) -> Iterator[None]:
+    """Cap the process's address space at its current size + `megabytes` for the block (RLIMIT_AS)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as statm:
+        current = int(statm.read().split()[0]) * resource.getpagesize()
+    cap = current + megabytes * 2**20
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    except MemoryError:
+        raise MemoryLimitError(f"memory limit: the job needed more than {megabytes} MB") from None
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def find_images(root: Path, recursive: bool, skip: Path) -> Iterator[Path]:
+    """Image files under `root` by suffix, in a stable order, skipping hidden folders and `skip`."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        folder = Path(dirpath)
+        dirnames[:] = (
+            sorted(d for d in dirnames if not d.startswith(".") and folder / d != skip) if recursive else []
+        )
+        for name in sorted(filenames):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
+                yield folder / name
