@@ -132,11 +132,8 @@ def make_thumbnails(path: str, places: Places, spec: ThumbnailSpec, max_pixels: 
         outputs = places.outputs(source, spec, image)
         mtime = source.stat().st_mtime_ns
         stale = [size for size in spec.sizes if not up_to_date(outputs[size], mtime, marker)]
-        if stale:  # written while the source is open: a picture may be the decoded source itself
-            rendered = render(image, stale)
-            write_all(
-                {outputs[size]: picture for size, picture in rendered.items()}, fmt, spec.quality, marker
-            )
+        rendered = render(image, stale) if stale else {}
+    write_all({outputs[size]: picture for size, picture in rendered.items()}, fmt, spec.quality, marker)
     return {
         "source": places.relative(source),
         "written": {str(size): str(outputs[size]) for size in stale},
@@ -212,6 +209,8 @@ def render(image: Image.Image, sizes: list[int]) -> dict[int, Image.Image]:
     image.load()
     ImageOps.exif_transpose(image, in_place=True)
     picture = normalize_mode(image)
+    if picture is image:
+        picture = image.copy()  # outlives the source file, which closes before the outputs are written
     pictures = {}
     for size in sizes:
         target = fit(picture.size, size)
