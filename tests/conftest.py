@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,24 @@ def start_worker(connection: Redis) -> Iterator[Callable[..., subprocess.Popen[b
     for process in started:
         process.terminate()
         process.wait(30)
+
+
+@dataclass
+class Media:
+    """A private media root (the current directory) and thumbnails root."""
+
+    root: Path
+    thumbs: Path
+
+    def output(self, size: int, relative: str) -> Path:
+        return self.thumbs / str(size) / relative
+
+
+@pytest.fixture
+def media(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Media:
+    root, thumbs = tmp_path / "media", tmp_path / "thumbs"
+    root.mkdir()
+    monkeypatch.setenv("RQKIT_MEDIA_ROOT", str(root))
+    monkeypatch.setenv("RQKIT_THUMBNAILS_DIR", str(thumbs))
+    monkeypatch.chdir(root)
+    return Media(root, thumbs)

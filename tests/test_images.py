@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +16,8 @@ from jobs import enqueue, submit
 from jobs.errors import JobInputError
 from jobs.images import Places, ThumbnailSpec, make_thumbnails
 from jobs.monitoring import wait_for
+from tests.conftest import Media
 from tests.pictures import INVERSE, oriented_jpeg, photo
-
-
-@dataclass
-class Media:
-    root: Path
-    thumbs: Path
-
-    def output(self, size: int, relative: str) -> Path:
-        return self.thumbs / str(size) / relative
-
-
-@pytest.fixture
-def media(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Media:
-    root, thumbs = tmp_path / "media", tmp_path / "thumbs"
-    root.mkdir()
-    monkeypatch.setenv("RQKIT_MEDIA_ROOT", str(root))
-    monkeypatch.setenv("RQKIT_THUMBNAILS_DIR", str(thumbs))
-    monkeypatch.chdir(root)
-    return Media(root, thumbs)
 
 
 def make(path: str, sizes: list[int] | None = None, fmt: str = "auto", quality: int = 85) -> dict[str, Any]:
@@ -304,3 +285,21 @@ def test_the_inverse_table_matches_pillow() -> None:
         stored = picture.transpose(inverse)
         stored.info["exif"] = exif.tobytes()
         assert ImageOps.exif_transpose(stored).tobytes() == picture.tobytes(), orientation
+
+
+def test_a_job_over_its_memory_cap_fails_and_the_worker_goes_on(
+    media: Media, connection: Redis, start_worker: Any
+) -> None:
+    Image.new("RGB", (5000, 5000), (10, 20, 30)).save(
+        media.root / "huge.png", compress_level=1
+    )  # 75 MB decoded
+    photo(media.root / "small.jpg", (200, 100))
+    worker = start_worker("images", env={"RQKIT_THUMBNAIL_MEMORY_MB": "40"})
+    heavy = enqueue("thumbnail", "huge.png")
+    light = enqueue("thumbnail", "small.jpg")
+    assert (
+        wait_for(heavy, timeout=60).reason == "MemoryLimitError: memory limit: the job needed more than 40 MB"
+    )
+    assert wait_for(light, timeout=60).status == "finished"
+    assert worker.poll() is None
+    assert files_under(media.thumbs) == [f"{size}/small.jpg.jpg" for size in (1024, 128, 256)]
