@@ -21,6 +21,7 @@ from rq.job import Job
 from rq_scheduler import Scheduler
 
 from launcher.redis_server import RedisServer, answers, free_port
+from tests.pictures import photo
 from tests.support import python, start_python
 
 pytestmark = pytest.mark.slow
@@ -90,6 +91,7 @@ def start_up(tmp_path: Path) -> Iterator[Callable[[str], Up]]:
             "RQKIT_VAR_DIR": str(tmp_path / "var"),
             "RQKIT_DASHBOARD_PORT": str(free_port()),
             "RQKIT_SCHEDULER_INTERVAL": "1",
+            "RQKIT_MEDIA_ROOT": str(tmp_path),
         }
         up = Up(env, tmp_path / "up.log")
         started.append(up)
@@ -134,6 +136,12 @@ def test_up_embeds_redis_runs_jobs_and_leaves_nothing_behind(
     dashboard = f"http://127.0.0.1:{up.env['RQKIT_DASHBOARD_PORT']}/"
     with urllib.request.urlopen(dashboard, timeout=10) as response:
         assert response.status == 200
+
+    photo(tmp_path / "path.jpg", (1600, 1200))
+    thumbs = up.cli_json("enqueue", "thumbnail", str(tmp_path / "path.jpg"), "--wait")
+    assert thumbs["result"]["written"]["256"] == str(tmp_path / "var" / "thumbnails" / "256" / "path.jpg.jpg")
+    images_queue = next(q for q in up.cli_json("info")["queues"] if q["name"] == "images")
+    assert (images_queue["finished"], images_queue["failed"]) == (1, 0)
 
     rq_info = python("-m", "rq.cli", "info", "-c", "config.rq", env=up.env)
     assert rq_info.returncode == 0 and "2 workers" in rq_info.stdout
