@@ -19,6 +19,7 @@ from config import Settings, get_settings
 from jobs.errors import JobInputError, ToolkitError
 
 logger = logging.getLogger(__name__)
+Image.init()  # register every format plugin now, so that each forked work-horse inherits them
 
 FORMATS = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
 MAX_SIZE = 8192
@@ -202,20 +203,19 @@ def up_to_date(output: Path, source_mtime_ns: int, marker: str) -> bool:
 
 
 def render(image: Image.Image, sizes: list[int]) -> dict[int, Image.Image]:
-    """Shrink once for the largest size, then step down: each smaller size from the one above it."""
-    largest = sizes[0]
+    """Decode once, shrink for the largest size, turn upright, then step down size by size."""
     if image.format == "JPEG":
-        image.draft(None, fit(image.size, largest))  # decode at 1/2, 1/4 or 1/8 scale; before exif_transpose
-    image.load()
-    ImageOps.exif_transpose(image, in_place=True)
+        image.draft(None, fit(image.size, sizes[0]))  # decode at 1/2, 1/4 or 1/8 scale (before any transpose)
     picture = normalize_mode(image)
-    if picture is image:
-        picture = image.copy()  # outlives the source file, which closes before the outputs are written
     pictures = {}
     for size in sizes:
-        target = fit(picture.size, size)
+        target = fit(picture.size, size)  # the bounding box is square: the same before and after turning
         if target != picture.size:
             picture = picture.resize(target, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
+        elif picture is image:
+            picture = image.copy()  # outlives the source file, which closes before the outputs are written
+        if not pictures:
+            ImageOps.exif_transpose(picture, in_place=True)  # on the shrunk picture: fewer pixels to move
         pictures[size] = picture
     return pictures
 
