@@ -207,7 +207,7 @@ def render(image: Image.Image, sizes: list[int]) -> dict[int, Image.Image]:
     if image.format == "JPEG":
         image.draft(None, fit(image.size, sizes[0]))  # decode at 1/2, 1/4 or 1/8 scale (before any transpose)
     picture = normalize_mode(image)
-    pictures = {}
+    pictures: dict[int, Image.Image] = {}
     for size in sizes:
         target = fit(picture.size, size)  # the bounding box is square: the same before and after turning
         if target != picture.size:
