@@ -259,6 +259,14 @@ def test_bad_arguments_are_refused_at_enqueue(
     assert Queue("images", connection=connection).count == 0
 
 
+def test_a_thumbnail_is_not_made_of_a_thumbnail(media: Media, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RQKIT_THUMBNAILS_DIR", str(media.root / "thumbs"))
+    photo(media.root / "cat.jpg", (300, 200))
+    make("cat.jpg", [100])
+    with pytest.raises(JobInputError, match="thumbs/100/cat.jpg.jpg is itself a thumbnail"):
+        submit("thumbnail", ("thumbs/100/cat.jpg.jpg",))
+
+
 def test_the_job_reports_what_it_wrote_and_skipped(media: Media, run_jobs: Any, connection: Redis) -> None:
     photo(media.root / "cat.jpg")
     first = enqueue("thumbnail", "cat.jpg", sizes=[64, 32])
