@@ -212,6 +212,16 @@ class TestBadInputFailsCleanly:
         reason = self.run(media, run_jobs, connection, "cut.jpg")
         assert reason.startswith("JobInputError: thumbnail: cannot decode cut.jpg: image file is truncated")
 
+    def test_corrupt_file(self, media: Media, run_jobs: Any, connection: Redis) -> None:
+        data = bytearray(photo(media.root / "full.jpg", (800, 600)).read_bytes())
+        data[len(data) // 3 : -10] = bytes((i * 37) % 256 for i in range(len(data) // 3, len(data) - 10))
+        (media.root / "noise.jpg").write_bytes(data)
+        reason = self.run(media, run_jobs, connection, "noise.jpg")
+        assert (
+            reason
+            == "JobInputError: thumbnail: cannot decode noise.jpg: broken data stream when reading image file"
+        )
+
     @pytest.mark.parametrize("pixels", [50_000, 100_000])  # Pillow warns under 2x its limit, raises above
     def test_decompression_bomb(
         self, media: Media, run_jobs: Any, connection: Redis, monkeypatch: pytest.MonkeyPatch, pixels: int
