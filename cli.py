@@ -17,6 +17,7 @@ import redis
 from config import RedisUnavailable, get_settings, redis_client
 from jobs import content, images, monitoring, stats, submit, submit_many
 from jobs.errors import JobInputError, ToolkitError
+from jobs.media import as_argument
 from launcher.stack import Stack
 
 EXIT_FAILURE = 1
@@ -225,9 +226,9 @@ def enqueue_thumbnail(
 
     Example: python cli.py enqueue thumbnail photos/cat.jpg --size 256 --wait
     """
-    places = images.Places.from_settings(get_settings())
+    media_root = get_settings().media_root.resolve()
     kwargs = thumbnail_kwargs(sizes, fmt)
-    run_enqueue("thumbnail", [((places.argument(path),), kwargs) for path in paths], **options)
+    run_enqueue("thumbnail", [((as_argument(path, media_root),), kwargs) for path in paths], **options)
 
 
 @cli.command()

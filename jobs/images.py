@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from config import Settings, get_settings
 from jobs.errors import JobInputError, ToolkitError
+from jobs.media import inside_media_root
 
 logger = logging.getLogger(__name__)
 Image.init()  # register every format plugin now, so that each forked work-horse inherits them
@@ -68,18 +69,10 @@ class Places:
 
     def source(self, path: str) -> Path:
         """The source's real path, refused unless it lies inside the media root."""
-        resolved = (self.media_root / path).resolve()
-        if not resolved.is_relative_to(self.media_root):
-            raise JobInputError(f"thumbnail: {path} is outside the media root {self.media_root}")
+        resolved = inside_media_root(path, self.media_root, "thumbnail")
         if resolved.is_relative_to(self.thumbs_root):
             raise JobInputError(f"thumbnail: {path} is itself a thumbnail")
         return resolved
-
-    def argument(self, typed: str) -> str:
-        """A path typed at the shell (relative to the current directory) as the job's argument:
-        relative to the media root when inside it, so that workers with another mount point agree."""
-        absolute = Path(typed).resolve()
-        return self.relative(absolute) if absolute.is_relative_to(self.media_root) else str(absolute)
 
     def relative(self, source: Path) -> str:
         return source.relative_to(self.media_root).as_posix()
