@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from config import RedisUnavailable, get_settings, redis_client
 from jobs import content, images, monitoring, stats, submit, submit_many
 from jobs.errors import JobInputError, ToolkitError
 from jobs.media import as_argument
+from launcher import mail_sink
 from launcher.stack import Stack
 
 EXIT_FAILURE = 1
@@ -231,6 +233,125 @@ def enqueue_thumbnail(
     run_enqueue("thumbnail", [((as_argument(path, media_root),), kwargs) for path in paths], **options)
 
 
+def variables(pairs: tuple[str, ...]) -> dict[str, str]:
+    """--var name=value pairs as a template context."""
+    context = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not equals or not name:
+            raise click.UsageError(f"--var {pair!r}: expected NAME=VALUE")
+        context[name] = value
+    return context
+
+
+@enqueue.command("email")
+@click.option("--to", multiple=True, required=True, help="A recipient's address; repeat for several.")
+@click.option("--cc", multiple=True, help="A Cc address; repeat for several.")
+@click.option("--bcc", multiple=True, help="A Bcc address; repeat for several.")
+@click.option("--reply-to", multiple=True, help="A Reply-To address.")
+@click.option("--subject", help="The subject (default: the template's).")
+@click.option("--text", help="The plain-text body.")
+@click.option("--html", help="The HTML body.")
+@click.option("--template", help="A template under templates/email (welcome, password_reset).")
+@click.option("--var", "pairs", multiple=True, help="A template variable, NAME=VALUE; repeat for several.")
+@click.option("--attach", multiple=True, help="A file under the media root; repeat for several.")
+@click.option("--key", help="Idempotency key (default: derived from the content and the recipients).")
+@enqueue_options
+def enqueue_email(
+    to: tuple[str, ...],
+    cc: tuple[str, ...],
+    bcc: tuple[str, ...],
+    reply_to: tuple[str, ...],
+    subject: str | None,
+    text: str | None,
+    html: str | None,
+    template: str | None,
+    pairs: tuple[str, ...],
+    attach: tuple[str, ...],
+    key: str | None,
+    **options: Any,
+) -> None:
+    """Send a message through SMTP (the local sink when no SMTP host is configured), at most once.
+
+    Example: python cli.py enqueue email --to a@example.com --subject Hi --text Hello
+    """
+    media_root = get_settings().media_root.resolve()
+    given = {
+        "to": list(to),
+        "cc": list(cc),
+        "bcc": list(bcc),
+        "reply_to": list(reply_to),
+        "subject": subject,
+        "text": text,
+        "html": html,
+        "template": template,
+        "context": variables(pairs),
+        "attachments": [as_argument(path, media_root) for path in attach],
+        "idempotency_key": key,
+    }
+    run_enqueue("email", [((), {name: value for name, value in given.items() if value})], **options)
+
+
+@cli.group()
+def mail() -> None:
+    """The messages the local SMTP sink received (var/mail/*.eml).
+
+    Example: python cli.py mail list
+    """
+
+
+@mail.command("list")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def mail_list(limit: int, as_json: bool) -> None:
+    """The newest messages first: id, date, sender, envelope recipients, subject.
+
+    Example: python cli.py mail list --limit 5
+    """
+    stored = [asdict(item) for item in mail_sink.stored_messages(get_settings().mail_dir)[:limit]]
+    emit(
+        stored,
+        as_json,
+        lambda items: "\n".join(f"{m['id']}  {m['to']:<30} {m['subject']}" for m in items) or "no messages",
+    )
+
+
+@mail.command("show")
+@click.argument("message_id", default="latest")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def mail_show(message_id: str, as_json: bool) -> None:
+    """One message's headers, body and attachments (MESSAGE_ID from `mail list`, default: the newest).
+
+    Example: python cli.py mail show latest
+    """
+    folder = get_settings().mail_dir
+    stored = mail_sink.stored_messages(folder)
+    chosen = stored[0].id if message_id == "latest" and stored else message_id
+    path = folder / f"{chosen}.eml"
+    if not path.is_file() or "/" in chosen:
+        raise click.UsageError(f"no message {message_id!r} in {folder}")
+    message = mail_sink.load(path)
+    body = message.get_body(("plain", "html"))
+    shown = {
+        "id": chosen,
+        "headers": {name: str(value) for name, value in message.items()},
+        "body": body.get_content() if body else "",
+        "attachments": [part.get_filename() for part in message.iter_attachments()],
+    }
+    emit(
+        shown,
+        as_json,
+        lambda m: "\n".join(
+            [
+                *(f"{k}: {v}" for k, v in m["headers"].items()),
+                "",
+                m["body"],
+                *(f"[attachment: {name}]" for name in m["attachments"]),
+            ]
+        ),
+    )
+
+
 @cli.command()
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--recursive", "-r", is_flag=True, help="Walk the folders below too (hidden ones skipped).")
@@ -390,7 +511,7 @@ def run_redis() -> None:
 
     Example: python cli.py redis
     """
-    sys.exit(Stack(get_settings(), workers=0, scheduler=False, dashboard=False).run())
+    sys.exit(Stack(get_settings(), workers=0, scheduler=False, dashboard=False, mail=False).run())
 
 
 def run_demo(stack: Stack) -> None:

@@ -7,6 +7,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from email.utils import parseaddr
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,21 @@ class Settings:
     thumbnail_max_pixels: int = 100_000_000
     thumbnail_timeout: int = 120
     thumbnail_memory_mb: int = 1024
+    smtp_host: str = ""  # empty: the local sink that `up` runs (127.0.0.1:smtp_sink_port, plain)
+    smtp_port: int = 0  # 0: 587 for starttls, 465 for ssl, 25 for none
+    smtp_security: str = "starttls"  # starttls, ssl or none
+    smtp_timeout: float = 30.0
+    smtp_ca_file: Path | None = None  # a CA bundle for servers with a private CA
+    smtp_sink_port: int = 8025
+    email_sender: str = "rqkit <noreply@example.com>"
+    email_retry_intervals: tuple[int, ...] = (30, 120, 600, 3600)
+    email_sent_days: int = 30  # how long an idempotency key remembers a sent message
+    email_max_attachment_mb: int = 20
     # Secrets: environment only, never read from the TOML file.
     dashboard_username: str = ""
     dashboard_password: str = ""
+    smtp_username: str = ""
+    smtp_password: str = ""
 
     @property
     def thumbnails_root(self) -> Path:
@@ -52,12 +65,25 @@ class Settings:
         return self.thumbnails_dir or self.var_dir / "thumbnails"
 
     @property
+    def smtp_server(self) -> tuple[str, int, str]:
+        """Host, port and security to send mail with: the configured server, else the local sink."""
+        if not self.smtp_host:
+            return "127.0.0.1", self.smtp_sink_port, "none"
+        return self.smtp_host, self.smtp_port or SMTP_PORTS[self.smtp_security], self.smtp_security
+
+    @property
+    def mail_dir(self) -> Path:
+        """Where the local SMTP sink stores what it receives."""
+        return self.var_dir / "mail"
+
+    @property
     def sqlalchemy_url(self) -> str:
         """The content database's URL: the configured one, else SQLite under var_dir."""
         return self.database_url or f"sqlite:///{self.var_dir / 'content.db'}"
 
 
-SECRETS = frozenset({"dashboard_username", "dashboard_password"})
+SECRETS = frozenset({"dashboard_username", "dashboard_password", "smtp_username", "smtp_password"})
+SMTP_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 # Conventional names first; RQ_REDIS_URL is what the stock `rq` commands read.
 ENV_NAMES: dict[str, tuple[str, ...]] = {
     "redis_url": ("REDIS_URL", "RQ_REDIS_URL"),
@@ -169,6 +195,23 @@ def validate(settings: Settings) -> None:
         ("thumbnail_max_pixels", settings.thumbnail_max_pixels > 0, "positive"),
         ("thumbnail_timeout", settings.thumbnail_timeout > 0, "positive"),
         ("thumbnail_memory_mb", settings.thumbnail_memory_mb > 0, "positive"),
+        ("smtp_port", 0 <= settings.smtp_port <= 65535, "a port number"),
+        ("smtp_security", settings.smtp_security in SMTP_PORTS, "starttls, ssl or none"),
+        ("smtp_timeout", settings.smtp_timeout > 0, "positive"),
+        (
+            "smtp_ca_file",
+            settings.smtp_ca_file is None or settings.smtp_ca_file.is_file(),
+            "an existing file",
+        ),
+        ("smtp_sink_port", 1 <= settings.smtp_sink_port <= 65535, "a port number"),
+        ("email_sender", "@" in parseaddr(settings.email_sender)[1], "an address like Name <me@example.com>"),
+        (
+            "email_retry_intervals",
+            all(i >= 0 for i in settings.email_retry_intervals),
+            "seconds, none negative",
+        ),
+        ("email_sent_days", settings.email_sent_days > 0, "positive"),
+        ("email_max_attachment_mb", settings.email_max_attachment_mb > 0, "positive"),
     ]
     for name, ok, expected in checks:
         if not ok:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from config.errors import ConfigError, ToolkitError
 
-__all__ = ["ConfigError", "JobInputError", "ToolkitError", "UnknownJobError", "UpstreamError"]
+__all__ = [
+    "ConfigError",
+    "JobInputError",
+    "RejectedError",
+    "ToolkitError",
+    "UnknownJobError",
+    "UpstreamError",
+]
 
 
 class JobInputError(ToolkitError):
@@ -17,6 +24,10 @@ class UnknownJobError(JobInputError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(f"unknown job {name!r}; known jobs: {', '.join(known)}")
         self.known = known
+
+
+class RejectedError(ToolkitError):
+    """A service refused the request for good (an SMTP 5xx reply, an HTTP 4xx): never retried."""
 
 
 class UpstreamError(ToolkitError):

@@ -20,7 +20,7 @@ from rq.utils import as_text
 
 from config import RedisUnavailable, get_settings, redis_client
 from config.connection import url_of
-from jobs import demo, images, stats
+from jobs import demo, email, images, stats
 from jobs.errors import JobInputError, UnknownJobError
 
 PENDING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
@@ -43,6 +43,7 @@ class JobSpec:
     unique: bool = False  # at most one pending job per set of arguments
     check: Callable[..., None] | None = None  # raises JobInputError for bad arguments
     timeout_setting: str | None = None  # a Settings field that overrides `timeout`
+    retry_setting: str | None = None  # a Settings field that overrides `retry_intervals`
 
     @cached_property
     def signature(self) -> inspect.Signature:
@@ -70,8 +71,11 @@ class JobSpec:
 
     def job_options(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The RQ job options this policy gives a call."""
-        timeout = getattr(get_settings(), self.timeout_setting) if self.timeout_setting else self.timeout
-        intervals = list(self.retry_intervals)
+        settings = get_settings()
+        timeout = getattr(settings, self.timeout_setting) if self.timeout_setting else self.timeout
+        intervals = list(
+            getattr(settings, self.retry_setting) if self.retry_setting else self.retry_intervals
+        )
         return {
             "timeout": timeout,
             "result_ttl": self.result_ttl,
@@ -100,6 +104,15 @@ JOBS: dict[str, JobSpec] = {
             description="Make bounded thumbnails of the image at PATH (sizes and format from settings)",
             timeout_setting="thumbnail_timeout",
             check=images.check_thumbnail,
+        ),
+        JobSpec(
+            "email",
+            email.send_email,
+            queue="email",
+            description="Send a message through SMTP, at most once per idempotency key",
+            timeout=300,
+            retry_setting="email_retry_intervals",
+            check=email.check_email,
         ),
         JobSpec(
             "word-count",

@@ -36,10 +36,12 @@ class Stack:
         workers: int,
         scheduler: bool = True,
         dashboard: bool = True,
+        mail: bool = True,
         out: IO[str] = sys.stdout,
     ) -> None:
         self.settings, self.workers, self.out = settings, workers, out
         self.with_scheduler, self.with_dashboard = scheduler, dashboard
+        self.with_mail = mail and not settings.smtp_host  # the sink stands in for an SMTP server
         self.redis: RedisServer | None = None
         self.children: list[Child] = []
         self.stop_requested = threading.Event()
@@ -55,6 +57,8 @@ class Stack:
         """Bring everything up, wait for Ctrl-C, SIGTERM or a child's death, then stop all; the exit code."""
         if self.with_dashboard:
             check_dashboard_address(self.settings)
+        if self.with_mail:
+            check_free("127.0.0.1", self.settings.smtp_sink_port, "mail sink", "RQKIT_SMTP_SINK_PORT")
         previous = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.start_redis()
@@ -120,7 +124,20 @@ class Stack:
                 str(self.settings.dashboard_port),
             ],
         )
-        return workers + [scheduler] * self.with_scheduler + [dashboard] * self.with_dashboard
+        mail = Child(
+            "mail",
+            [
+                python,
+                "-m",
+                "launcher.mail_sink",
+                "--port",
+                str(self.settings.smtp_sink_port),
+                "--dir",
+                str(self.settings.mail_dir),
+            ],
+        )
+        parts = [(scheduler, self.with_scheduler), (dashboard, self.with_dashboard), (mail, self.with_mail)]
+        return workers + [child for child, wanted in parts if wanted]
 
     def child_env(self) -> dict[str, str]:
         url = self.settings.redis_url
@@ -168,6 +185,8 @@ class Stack:
             self.say("up", f"scheduler  rqscheduler, checking every {s.scheduler_interval:g}s")
         if self.with_dashboard:
             self.say("up", f"dashboard  http://{s.dashboard_host}:{s.dashboard_port}")
+        if self.with_mail:
+            self.say("up", f"mail       SMTP sink on 127.0.0.1:{s.smtp_sink_port}, messages in {s.mail_dir}")
         if self.workers:
             self.say("up", "Ctrl-C stops everything (workers finish their job first; twice: stop them now)")
         else:
@@ -204,11 +223,16 @@ def check_dashboard_address(settings: Settings) -> None:
             f"RQKIT_DASHBOARD_HOST={host} is not loopback: "
             "set RQKIT_DASHBOARD_USERNAME and RQKIT_DASHBOARD_PASSWORD for basic auth"
         )
+    check_free(host, port, "dashboard", "RQKIT_DASHBOARD_PORT")
+
+
+def check_free(host: str, port: int, part: str, setting: str) -> None:
+    """Refuse to start `part` on an address that something else already holds."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as sock:
         try:
             sock.bind((host, port))
         except OSError as exc:
             raise ToolkitError(
-                f"dashboard address {host}:{port} is not free ({exc.strerror}); set RQKIT_DASHBOARD_PORT"
+                f"{part} address {host}:{port} is not free ({exc.strerror}); set {setting}"
             ) from exc
