@@ -92,6 +92,7 @@ def start_up(tmp_path: Path) -> Iterator[Callable[[str], Up]]:
             "RQKIT_DASHBOARD_PORT": str(free_port()),
             "RQKIT_SCHEDULER_INTERVAL": "1",
             "RQKIT_MEDIA_ROOT": str(tmp_path),
+            "RQKIT_SMTP_SINK_PORT": str(free_port()),
         }
         up = Up(env, tmp_path / "up.log")
         started.append(up)
@@ -116,7 +117,7 @@ def test_up_embeds_redis_runs_jobs_and_leaves_nothing_behind(
     url = f"redis://127.0.0.1:{free_port()}/0"
     up = start_up(url)
     parts = descendants(up.process.pid)
-    assert len(parts) >= 5  # redis-server, 2 workers, rqscheduler, dashboard
+    assert len(parts) >= 6  # redis-server, 2 workers, rqscheduler, dashboard, mail sink
 
     seeded = up.cli_json("demo", "seed", "--articles", "5", "--comments", "4")
     assert seeded["comments"] == 20
@@ -142,6 +143,13 @@ def test_up_embeds_redis_runs_jobs_and_leaves_nothing_behind(
     assert thumbs["result"]["written"]["256"] == str(tmp_path / "var" / "thumbnails" / "256" / "path.jpg.jpg")
     images_queue = next(q for q in up.cli_json("info")["queues"] if q["name"] == "images")
     assert (images_queue["finished"], images_queue["failed"]) == (1, 0)
+
+    mailed = up.cli_json(
+        "enqueue", "email", "--to", "a@example.com", "--subject", "Hi", "--text", "Hello", "--wait"
+    )
+    assert (mailed["status"], mailed["result"]["status"]) == ("finished", "sent")
+    [stored] = up.cli_json("mail", "list")
+    assert (stored["to"], stored["subject"]) == ("a@example.com", "Hi")
 
     rq_info = python("-m", "rq.cli", "info", "-c", "config.rq", env=up.env)
     assert rq_info.returncode == 0 and "2 workers" in rq_info.stdout
