@@ -238,32 +238,53 @@ def deliver_once(
     """Send to the recipients not yet accepted for this key; remember who accepted, and that it is sent."""
     key = digest(draft.key)
     sent, accepted_set, lock = (f"rqkit:email:{part}:{key}" for part in ("sent", "accepted", "lock"))
-    if previous := connection.get(sent):
-        return {**json.loads(previous), "status": "already sent"}
-    if not connection.set(lock, "1", nx=True, ex=int(settings.smtp_timeout * 4) + 60):
+    with connection.pipeline(transaction=False) as pipe:  # one round trip to claim the key
+        pipe.get(sent)
+        pipe.set(lock, "1", nx=True, ex=int(settings.smtp_timeout * 4) + 60)
+        pipe.smembers(accepted_set)
+        previous, locked, members = pipe.execute()
+    if not locked:
         raise UpstreamError("email: another job is sending this message right now")
     try:
-        done = {as_text(member) for member in connection.smembers(accepted_set)}
+        if previous:
+            return {**json.loads(previous), "status": "already sent"}
+        done = {as_text(member) for member in members}
         remaining = [address for address in draft.recipients if address not in done]
         refused = send(message, remaining, settings) if remaining else {}
         accepted = [address for address in remaining if address not in refused]
-        ttl = settings.email_sent_days * 86400
-        if accepted:
-            connection.sadd(accepted_set, *accepted)
-            connection.expire(accepted_set, ttl)
         later = {address: reply for address, reply in refused.items() if reply[0] < 500}
-        if later:
-            raise UpstreamError(f"email: will retry {describe_refusals(later)}")
         everyone = sorted(done | set(accepted))
         record: dict[str, Any] = {"key": draft.key, "message_id": message["Message-ID"], "accepted": everyone}
-        if everyone:
-            connection.set(sent, json.dumps(record), ex=ttl)
+        remember(
+            connection, accepted_set, accepted, sent, record if everyone and not later else None, settings
+        )
+        if later:
+            raise UpstreamError(f"email: will retry {describe_refusals(later)}")
         if refused:
             delivered = f" (delivered to {', '.join(everyone)})" if everyone else ""
             raise RejectedError(f"email: refused {describe_refusals(refused)}{delivered}")
         return {**record, "status": "sent"}
     finally:
         connection.delete(lock)
+
+
+def remember(
+    connection: Redis,
+    accepted_set: str,
+    accepted: list[str],
+    sent: str,
+    record: dict[str, Any] | None,
+    settings: Settings,
+) -> None:
+    """Record who accepted and, once nobody is left to retry, that the message is sent: one transaction."""
+    ttl = settings.email_sent_days * 86400
+    with connection.pipeline() as pipe:
+        if accepted:
+            pipe.sadd(accepted_set, *accepted)
+            pipe.expire(accepted_set, ttl)
+        if record:
+            pipe.set(sent, json.dumps(record), ex=ttl)
+        pipe.execute()
 
 
 def describe_refusals(refused: dict[str, Reply]) -> str:
@@ -300,17 +321,24 @@ def by_reply(code: int, text: bytes | str, server: str) -> Exception:
     return UpstreamError(f"email: {server} answered {reply}")
 
 
+@cache
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Verifies the certificate and the host name. Made once: loading the CA bundle takes some 17 ms."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
 def connect(host: str, port: int, security: str, settings: Settings) -> smtplib.SMTP:
     """A logged-in client; TLS verifies the certificate and the host name."""
     timeout = settings.smtp_timeout
-    context = ssl.create_default_context(cafile=settings.smtp_ca_file)
     if security == "ssl":
-        client: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
+        client: smtplib.SMTP = smtplib.SMTP_SSL(
+            host, port, timeout=timeout, context=tls_context(settings.smtp_ca_file)
+        )
     else:
         client = smtplib.SMTP(host, port, timeout=timeout)
     try:
         if security == "starttls":
-            client.starttls(context=context)
+            client.starttls(context=tls_context(settings.smtp_ca_file))
         if settings.smtp_username:
             client.login(settings.smtp_username, settings.smtp_password)
     except BaseException:
