@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -92,14 +93,20 @@ def start_worker(connection: Redis) -> Iterator[Callable[..., subprocess.Popen[b
 
     def start(*queues: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         command = ["-m", "rq.cli", "worker", "-c", "config.rq", *queues]
-        process = start_python(*command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = start_python(
+            *command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         started.append(process)
         return process
 
     yield start
     for process in started:
-        process.terminate()
-        process.wait(30)
+        process.terminate()  # warm shutdown; RQ can hang in it (rq#1613), so not for long
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 @dataclass

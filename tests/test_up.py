@@ -72,9 +72,13 @@ class Up:
         return json.loads(done.stdout)
 
     def ready(self) -> bool:
+        """Both of its workers registered (other tests' workers may share the server)."""
         assert self.process.poll() is None, self.log.read_text()
         done = self.cli("info", "--json")
-        return done.returncode == 0 and len(json.loads(done.stdout)["workers"]) == 2
+        if done.returncode:
+            return False
+        ours = descendants(self.process.pid)
+        return sum(worker["pid"] in ours for worker in json.loads(done.stdout)["workers"]) == 2
 
     def stop(self, signum: int) -> int:
         self.process.send_signal(signum)
