@@ -132,25 +132,23 @@ def run_enqueue(
     if delay and at:
         raise click.UsageError("--in and --at cannot be used together")
     when = datetime.now().astimezone() + delay if delay else at
-    submitted = [
-        (args, submit(name, args, kwargs, queue=queue, at_front=at_front, at=when)) for args, kwargs in calls
-    ]
+    jobs = [submit(name, args, kwargs, queue=queue, at_front=at_front, at=when) for args, kwargs in calls]
     reports = [
         {
             "id": job.id,
             "job": name,
             "args": list(args),
+            "kwargs": kwargs,
             "queue": job.origin,
             "status": job.get_status(refresh=False).value,
             "duplicate": duplicate,
         }
-        for args, (job, duplicate) in submitted
+        for (args, kwargs), (job, duplicate) in zip(calls, jobs, strict=True)
     ]
     if wait:
-        queues = {job.origin for _, (job, _) in submitted}
-        for idle in sorted(q for q in queues if not monitoring.listening_workers(q)):
-            click.echo(f"waiting for {len(submitted)} job(s): no worker listens on {idle!r} yet", err=True)
-        for report, (_, (job, _)) in zip(reports, submitted, strict=True):
+        for idle in sorted({job.origin for job, _ in jobs if not monitoring.listening_workers(job.origin)}):
+            click.echo(f"waiting for {len(jobs)} job(s): no worker listens on {idle!r} yet", err=True)
+        for report, (job, _) in zip(reports, jobs, strict=True):
             report.update(monitoring.wait_for(job).as_dict())
     emit(reports[0] if len(reports) == 1 else reports, as_json, render_submissions)
     if wait and any(report["status"] != "finished" for report in reports):
@@ -377,7 +375,7 @@ def thumbnails(
     with click.progressbar(found, label="checking", file=sys.stderr) as bar:
         for path in bar:
             argument = places.relative(path)
-            if not images.is_up_to_date(argument, places, spec):
+            if not images.is_up_to_date(argument, places, spec, settings.thumbnail_max_pixels):
                 calls.append((argument,))
     jobs, refused = submit_many("thumbnail", calls, kwargs)
     summary: dict[str, Any] = {

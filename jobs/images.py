@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import resource
-import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from config import Settings, get_settings
 from jobs.errors import JobInputError, ToolkitError
 from jobs.media import inside_media_root
 
 logger = logging.getLogger(__name__)
+
 Image.init()  # register every format plugin now, so that each forked work-horse inherits them
 
 FORMATS = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
@@ -120,7 +122,7 @@ def thumbnail(path: str, sizes: list[int] | None = None, format: str | None = No
 def make_thumbnails(path: str, places: Places, spec: ThumbnailSpec, max_pixels: int) -> dict[str, Any]:
     """The core: decode once, write the missing or stale sizes atomically, skip the rest."""
     source = places.source(path)
-    with open_image(source, max_pixels) as image:
+    with open_image(source, max_pixels, path) as image:
         fmt = output_format(spec.format, image)
         marker = spec.marker(fmt)
         outputs = places.outputs(source, spec, image)
@@ -136,7 +138,7 @@ def make_thumbnails(path: str, places: Places, spec: ThumbnailSpec, max_pixels: 
 
 
 @contextmanager
-def open_image(source: Path, max_pixels: int) -> Iterator[Image.Image]:
+def open_image(source: Path, max_pixels: int, name: str) -> Iterator[Image.Image]:
     """Open the source lazily, turning every way a file can be bad into a one-line JobInputError."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow only warns up to 2x its limit
@@ -145,15 +147,15 @@ def open_image(source: Path, max_pixels: int) -> Iterator[Image.Image]:
             with Image.open(source) as image:
                 yield image
         except FileNotFoundError:
-            raise JobInputError(f"thumbnail: no such file: {source.name}") from None
+            raise JobInputError(f"thumbnail: no such file: {name}") from None
         except UnidentifiedImageError:
-            raise JobInputError(f"thumbnail: not an image: {source.name}") from None
+            raise JobInputError(f"thumbnail: not an image: {name}") from None
         except (Image.DecompressionBombWarning, Image.DecompressionBombError):
             raise JobInputError(
-                f"thumbnail: {source.name} has more pixels than the limit of {max_pixels:,}"
+                f"thumbnail: {name} has more pixels than the limit of {max_pixels:,}"
             ) from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise JobInputError(f"thumbnail: cannot decode {source.name}: {exc}") from None
+            raise JobInputError(f"thumbnail: cannot decode {name}: {exc}") from None
         finally:
             Image.MAX_IMAGE_PIXELS = previous
 
@@ -169,18 +171,18 @@ def has_alpha(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
-def is_up_to_date(path: str, places: Places, spec: ThumbnailSpec) -> bool:
+def is_up_to_date(path: str, places: Places, spec: ThumbnailSpec, max_pixels: int) -> bool:
     """Whether every output of `path` is already up to date (False if in any doubt: the job will tell)."""
     try:
         source = places.source(path)
-        with Image.open(source) as image:
+        with open_image(source, max_pixels, path) as image:
             marker, outputs = (
                 spec.marker(output_format(spec.format, image)),
                 places.outputs(source, spec, image),
             )
         mtime = source.stat().st_mtime_ns
         return all(up_to_date(output, mtime, marker) for output in outputs.values())
-    except (OSError, SyntaxError, ValueError, ToolkitError, Image.DecompressionBombWarning):
+    except (OSError, ToolkitError):
         return False
 
 
@@ -227,11 +229,30 @@ def normalize_mode(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode.startswith("I"):  # 16-bit (or 32-bit integer) grey: scale 0..65535 to 0..255, don't clip
         return image.convert("I").point(lambda value: value / 256).convert("L")
+    if mode == "CMYK":
+        return cmyk_to_rgb(image)
     if has_alpha(image):
         return image if mode == "RGBA" else image.convert("RGBA")
     if mode in ("L", "RGB"):
         return image
     return image.convert("L" if mode in ("1", "F") else "RGB")
+
+
+def cmyk_to_rgb(image: Image.Image) -> Image.Image:
+    """Through the embedded CMYK profile to sRGB when it is usable; the CMYK profile never follows."""
+    profile = image.info.get("icc_profile")
+    converted = None
+    if profile:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+            converted = ImageCms.profileToProfile(
+                image, source, ImageCms.createProfile("sRGB"), outputMode="RGB"
+            )
+        except (ImageCms.PyCMSError, OSError):
+            converted = None
+    rgb = converted or image.convert("RGB")
+    rgb.info.pop("icc_profile", None)
+    return rgb
 
 
 def flatten(picture: Image.Image) -> Image.Image:
@@ -249,9 +270,8 @@ def write_all(pictures: dict[Path, Image.Image], fmt: str, quality: int, marker:
     try:
         for output, picture in pictures.items():
             output.parent.mkdir(parents=True, exist_ok=True)
-            handle, name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=output.parent)
-            temps[output] = Path(name)
-            with os.fdopen(handle, "wb") as stream:
+            temps[output] = output.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+            with open(temps[output], "xb") as stream:  # not mkstemp: its 0600 would keep a web server out
                 save(picture, stream, fmt, quality, marker)
         for output, temp in temps.items():
             os.replace(temp, output)

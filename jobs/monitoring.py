@@ -77,7 +77,7 @@ def wait_for_all(
 def failure_reason(job: Job) -> str:
     """The exception line of the job's traceback, e.g. `JobInputError: sleep: SECONDS must be ...`."""
     result = job.latest_result()
-    text = (result.exc_string if result else None) or job.exc_info or "failed without a traceback"
+    text = (result.exc_string if result else None) or "failed without a traceback"
     return exception_line(text)
 
 

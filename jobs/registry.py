@@ -23,7 +23,7 @@ from config.connection import url_of
 from jobs import demo, email, images, stats
 from jobs.errors import JobInputError, UnknownJobError
 
-PENDING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED)
 DAY = 24 * 3600
 BULK_BATCH = 500
 
@@ -234,8 +234,10 @@ def put(queue: Queue, job: Job, when: datetime | None, at_front: bool, pipeline:
 
 
 def put_unique(queue: Queue, job: Job, when: datetime | None, at_front: bool) -> Submission:
-    """Put the job unless one with the same name and arguments is still pending; atomic across clients."""
+    """Put the job unless one with the same name and arguments is still pending and will run no later
+    (a job scheduled for later doesn't absorb a request for now); atomic across clients."""
     key = pending_key(job)
+    absorbing = WAITING + ((JobStatus.SCHEDULED,) if when and when > datetime.now(UTC) else ())
     with queue.connection.pipeline() as pipe:
         while True:
             try:
@@ -243,7 +245,7 @@ def put_unique(queue: Queue, job: Job, when: datetime | None, at_front: bool) ->
                 pending_id = pipe.get(key)
                 if pending_id:
                     pending = Job.fetch_many([as_text(pending_id)], connection=queue.connection)[0]
-                    if pending is not None and pending.get_status() in PENDING:
+                    if pending is not None and pending.get_status() in absorbing:
                         return Submission(pending, duplicate=True)
                 pipe.multi()
                 pipe.set(key, job.id, ex=DAY)

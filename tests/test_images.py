@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -321,3 +322,22 @@ def test_a_job_over_its_memory_cap_fails_and_the_worker_goes_on(
     assert wait_for(light, timeout=60).status == "finished"
     assert worker.poll() is None
     assert files_under(media.thumbs) == [f"{size}/small.jpg.jpg" for size in (1024, 128, 256)]
+
+
+def test_outputs_are_readable_by_others_as_the_umask_allows(media: Media) -> None:
+    photo(media.root / "shared.jpg", (300, 200))
+    previous = os.umask(0o022)
+    try:
+        make("shared.jpg", [64])
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(media.output(64, "shared.jpg.jpg").stat().st_mode) == 0o644
+
+
+def test_a_cmyk_profile_does_not_follow_onto_the_rgb_output(media: Media) -> None:
+    Image.new("CMYK", (300, 200), (0, 100, 200, 0)).save(
+        media.root / "print.jpg", icc_profile=b"not a real profile"
+    )
+    make("print.jpg", [64])
+    with Image.open(media.output(64, "print.jpg.jpg")) as thumb:
+        assert thumb.mode == "RGB" and "icc_profile" not in thumb.info

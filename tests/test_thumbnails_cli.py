@@ -9,8 +9,10 @@ from typing import Any
 from click.testing import CliRunner, Result
 from redis import Redis
 from rq import Queue
+from rq.job import Job
 
 from cli import cli
+from jobs.monitoring import failure_reason
 from tests.conftest import Media
 from tests.pictures import photo
 
@@ -118,3 +120,17 @@ def test_refused_and_failed_files_are_reported_and_exit_1(
 def test_a_directory_outside_the_media_root_is_refused(media: Media) -> None:
     result = run("thumbnails", str(media.root.parent))
     assert result.exit_code == 2 and "is outside the media root" in result.output
+
+
+def test_an_image_over_the_pixel_limit_is_enqueued_and_fails_cleanly(
+    media: Media, connection: Redis, monkeypatch: Any, run_jobs: Any
+) -> None:
+    monkeypatch.setenv("RQKIT_THUMBNAIL_MAX_PIXELS", "10000")
+    photo(media.root / "bomb.png", (500, 500))  # 25 times the limit: past Pillow's warning range
+    result = run("thumbnails", ".", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["enqueued"] == 1
+    run_jobs()
+    [job_id] = Queue("images", connection=connection).failed_job_registry.get_job_ids()
+    reason = failure_reason(Job.fetch(job_id, connection=connection))
+    assert reason == "JobInputError: thumbnail: bomb.png has more pixels than the limit of 10,000"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis import Redis
@@ -78,3 +79,15 @@ def test_seed_adds_articles_with_comments(engine: Engine) -> None:
     assert content.seed(engine, 3, 4) == {"articles": 3, "comments": 12}
     assert stats.count_words(engine, content.comments)[1] == 12
     assert stats.count_words(engine, content.articles)[1] == 3
+
+
+def test_a_recount_scheduled_for_later_does_not_delay_one_asked_for_now(
+    engine: Engine, connection: Redis
+) -> None:
+    later = submit("word-count", ("comment",), at=datetime.now(UTC) + timedelta(hours=1))
+    assert (
+        submit("word-count", ("comment",), at=datetime.now(UTC) + timedelta(hours=2)).job.id == later.job.id
+    )
+    now = submit("word-count", ("comment",))
+    assert not now.duplicate and Queue("maintenance", connection=connection).job_ids == [now.job.id]
+    assert submit("word-count", ("comment",)).job.id == now.job.id
