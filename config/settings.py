@@ -53,6 +53,17 @@ class Settings:
     email_retry_intervals: tuple[int, ...] = (30, 120, 600, 3600)
     email_sent_days: int = 30  # how long an idempotency key remembers a sent message
     email_max_attachment_mb: int = 20
+    api_allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+    api_connect_timeout: float = 5.0
+    api_read_timeout: float = 30.0
+    api_max_retries: int = 5
+    api_backoff_seconds: float = (
+        2.0  # attempt n waits about this * 2**n (with jitter), capped at api_backoff_max
+    )
+    api_backoff_max: float = 3600.0
+    api_max_body_kb: int = 256
+    api_store_ttl: int = 3600
+    api_rate_limits: tuple[str, ...] = ()  # "host=10/s" or "host=600/m", shared by every worker
     # Secrets: environment only, never read from the TOML file.
     dashboard_username: str = ""
     dashboard_password: str = ""
@@ -72,6 +83,16 @@ class Settings:
         return self.smtp_host, self.smtp_port or SMTP_PORTS[self.smtp_security], self.smtp_security
 
     @property
+    def api_rates(self) -> dict[str, float]:
+        """Requests per second allowed per host, from api_rate_limits."""
+        rates = {}
+        for entry in self.api_rate_limits:
+            match = RATE_LIMIT.match(entry)
+            assert match, entry  # validated at load
+            rates[match["host"]] = float(match["count"]) / (60 if match["unit"] == "m" else 1)
+        return rates
+
+    @property
     def mail_dir(self) -> Path:
         """Where the local SMTP sink stores what it receives."""
         return self.var_dir / "mail"
@@ -84,6 +105,7 @@ class Settings:
 
 SECRETS = frozenset({"dashboard_username", "dashboard_password", "smtp_username", "smtp_password"})
 SMTP_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+RATE_LIMIT = re.compile(r"^(?P<host>[^=\s]+)=(?P<count>\d+(?:\.\d+)?)/(?P<unit>[sm])$")
 # Conventional names first; RQ_REDIS_URL is what the stock `rq` commands read.
 ENV_NAMES: dict[str, tuple[str, ...]] = {
     "redis_url": ("REDIS_URL", "RQ_REDIS_URL"),
@@ -212,6 +234,22 @@ def validate(settings: Settings) -> None:
         ),
         ("email_sent_days", settings.email_sent_days > 0, "positive"),
         ("email_max_attachment_mb", settings.email_max_attachment_mb > 0, "positive"),
+        ("api_connect_timeout", settings.api_connect_timeout > 0, "positive"),
+        ("api_read_timeout", settings.api_read_timeout > 0, "positive"),
+        ("api_max_retries", settings.api_max_retries >= 0, "0 or more"),
+        ("api_backoff_seconds", settings.api_backoff_seconds >= 0, "0 or more"),
+        (
+            "api_backoff_max",
+            settings.api_backoff_max >= settings.api_backoff_seconds,
+            "at least api_backoff_seconds",
+        ),
+        ("api_max_body_kb", settings.api_max_body_kb > 0, "positive"),
+        ("api_store_ttl", settings.api_store_ttl > 0, "positive"),
+        (
+            "api_rate_limits",
+            all(RATE_LIMIT.match(entry) for entry in settings.api_rate_limits),
+            "entries like host=10/s",
+        ),
     ]
     for name, ok, expected in checks:
         if not ok:

@@ -6,7 +6,7 @@ import hashlib
 import inspect
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -18,7 +18,7 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.utils import as_text
 
-from config import RedisUnavailable, get_settings, redis_client
+from config import RedisUnavailable, Settings, get_settings, redis_client
 from config.connection import url_of
 from jobs import demo, email, images, stats
 from jobs.errors import JobInputError, UnknownJobError
@@ -43,7 +43,9 @@ class JobSpec:
     unique: bool = False  # at most one pending job per set of arguments
     check: Callable[..., None] | None = None  # raises JobInputError for bad arguments
     timeout_setting: str | None = None  # a Settings field that overrides `timeout`
-    retry_setting: str | None = None  # a Settings field that overrides `retry_intervals`
+    retries: Callable[[Settings], Sequence[int]] | None = (
+        None  # intervals from settings, over retry_intervals
+    )
 
     @cached_property
     def signature(self) -> inspect.Signature:
@@ -73,9 +75,7 @@ class JobSpec:
         """The RQ job options this policy gives a call."""
         settings = get_settings()
         timeout = getattr(settings, self.timeout_setting) if self.timeout_setting else self.timeout
-        intervals = list(
-            getattr(settings, self.retry_setting) if self.retry_setting else self.retry_intervals
-        )
+        intervals = list(self.retries(settings) if self.retries else self.retry_intervals)
         return {
             "timeout": timeout,
             "result_ttl": self.result_ttl,
@@ -111,7 +111,7 @@ JOBS: dict[str, JobSpec] = {
             queue="email",
             description="Send a message through SMTP, at most once per idempotency key",
             timeout=300,
-            retry_setting="email_retry_intervals",
+            retries=lambda settings: settings.email_retry_intervals,
             check=email.check_email,
         ),
         JobSpec(
