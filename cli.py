@@ -16,7 +16,7 @@ import click
 import redis
 
 from config import RedisUnavailable, get_settings, redis_client
-from jobs import content, images, monitoring, stats, submit, submit_many
+from jobs import api, content, images, monitoring, stats, submit, submit_many
 from jobs.errors import JobInputError, ToolkitError
 from jobs.media import as_argument
 from launcher import mail_sink
@@ -231,15 +231,78 @@ def enqueue_thumbnail(
     run_enqueue("thumbnail", [((as_argument(path, media_root),), kwargs) for path in paths], **options)
 
 
+def pairs_of(option: str, pairs: tuple[str, ...], separator: str = "=") -> dict[str, str]:
+    """Repeated NAME=VALUE (or NAME: VALUE) options as a dictionary."""
+    found = {}
+    for pair in pairs:
+        name, sep, value = pair.partition(separator)
+        if not sep or not name.strip():
+            raise click.UsageError(f"{option} {pair!r}: expected NAME{separator}VALUE")
+        found[name.strip()] = value.strip() if separator == ":" else value
+    return found
+
+
+def json_option(option: str, text: str | None) -> Any:
+    try:
+        return None if text is None else json.loads(text)
+    except ValueError as exc:
+        raise click.UsageError(f"{option}: not JSON: {exc}") from None
+
+
+@enqueue.command("api-call")
+@click.argument("method", type=click.Choice(sorted(api.METHODS), case_sensitive=False))
+@click.argument("url")
+@click.option("--data", help="A JSON request body.")
+@click.option("--param", multiple=True, help="A query parameter NAME=VALUE; repeat for several.")
+@click.option("--header", multiple=True, help="A header 'NAME: VALUE'; repeat for several.")
+@click.option("--secret-header", multiple=True, help="NAME=SECRET: header NAME gets $RQKIT_SECRET_<SECRET>.")
+@click.option("--key", help="Idempotency-Key for POST and PATCH (default: from the job's id).")
+@click.option("--store-as", help="Also keep the parsed body in Redis under this key (RQKIT_API_STORE_TTL).")
+@enqueue_options
+def enqueue_api_call(
+    method: str,
+    url: str,
+    data: str | None,
+    param: tuple[str, ...],
+    header: tuple[str, ...],
+    secret_header: tuple[str, ...],
+    key: str | None,
+    store_as: str | None,
+    **options: Any,
+) -> None:
+    """Call an allowed host's HTTP API; 5xx, 429 and network errors are retried, other 4xx are not.
+
+    Example: python cli.py enqueue api-call GET http://127.0.0.1:8000/status --wait
+    """
+    given = {
+        "json": json_option("--data", data),
+        "params": pairs_of("--param", param),
+        "headers": pairs_of("--header", header, ":"),
+        "secret_headers": pairs_of("--secret-header", secret_header),
+        "idempotency_key": key,
+        "store_as": store_as,
+    }
+    kwargs = {name: value for name, value in given.items() if value is not None and value != {}}
+    run_enqueue("api-call", [((method.upper(), url), kwargs)], **options)
+
+
+@enqueue.command("webhook")
+@click.argument("url")
+@click.argument("event")
+@click.option("--payload", default="{}", show_default=True, help="The event's data, as JSON.")
+@click.option("--secret", "secret_name", required=True, help="Sign with $RQKIT_SECRET_<SECRET>.")
+@enqueue_options
+def enqueue_webhook(url: str, event: str, payload: str, secret_name: str, **options: Any) -> None:
+    """POST EVENT to URL, signed: X-Rqkit-Signature = sha256=HMAC(secret, "<X-Rqkit-Timestamp>." + body).
+
+    Example: python cli.py enqueue webhook http://127.0.0.1:8000/hook order.paid --payload '{"id": 7}' --secret S
+    """
+    run_enqueue("webhook", [((url, event, json_option("--payload", payload), secret_name), {})], **options)
+
+
 def variables(pairs: tuple[str, ...]) -> dict[str, str]:
     """--var name=value pairs as a template context."""
-    context = {}
-    for pair in pairs:
-        name, equals, value = pair.partition("=")
-        if not equals or not name:
-            raise click.UsageError(f"--var {pair!r}: expected NAME=VALUE")
-        context[name] = value
-    return context
+    return pairs_of("--var", pairs)
 
 
 @enqueue.command("email")

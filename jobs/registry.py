@@ -20,7 +20,7 @@ from rq.utils import as_text
 
 from config import RedisUnavailable, Settings, get_settings, redis_client
 from config.connection import url_of
-from jobs import demo, email, images, stats
+from jobs import api, demo, email, images, stats
 from jobs.errors import JobInputError, UnknownJobError
 
 WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED)
@@ -113,6 +113,24 @@ JOBS: dict[str, JobSpec] = {
             timeout=300,
             retries=lambda settings: settings.email_retry_intervals,
             check=email.check_email,
+        ),
+        JobSpec(
+            "api-call",
+            api.call_api,
+            queue="api",
+            description="One HTTP request to an allowed host; its response is the result",
+            timeout=300,
+            retries=api.retry_intervals,
+            check=api.check_call,
+        ),
+        JobSpec(
+            "webhook",
+            api.deliver_webhook,
+            queue="api",
+            description="POST an event signed with HMAC-SHA256 to a webhook URL",
+            timeout=300,
+            retries=api.retry_intervals,
+            check=api.check_webhook,
         ),
         JobSpec(
             "word-count",

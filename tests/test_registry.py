@@ -100,7 +100,9 @@ def test_bad_arguments_are_refused_before_redis_is_touched(
 
 
 def test_an_unknown_job_lists_the_known_ones() -> None:
-    with pytest.raises(UnknownJobError, match="known jobs: email, sleep, thumbnail, word-count"):
+    with pytest.raises(
+        UnknownJobError, match="known jobs: api-call, email, sleep, thumbnail, webhook, word-count"
+    ):
         enqueue("sleeep", 1)
 
 
