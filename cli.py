@@ -295,7 +295,7 @@ def enqueue_api_call(
 def enqueue_webhook(url: str, event: str, payload: str, secret_name: str, **options: Any) -> None:
     """POST EVENT to URL, signed: X-Rqkit-Signature = sha256=HMAC(secret, "<X-Rqkit-Timestamp>." + body).
 
-    Example: python cli.py enqueue webhook http://127.0.0.1:8000/hook order.paid --payload '{"id": 7}' --secret S
+    Example: python cli.py enqueue webhook http://127.0.0.1:8000/hook paid --payload '{"id": 7}' --secret S
     """
     run_enqueue("webhook", [((url, event, json_option("--payload", payload), secret_name), {})], **options)
 
