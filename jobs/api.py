@@ -61,7 +61,7 @@ return {tat - now, now}
 """
 
 
-class DisallowedHost(RejectedError):
+class DisallowedHost(JobInputError):
     """The request (or a redirect) goes to a host that is not on the allow-list."""
 
 
@@ -277,8 +277,8 @@ def retry_after(response: httpx.Response) -> float | None:
 def retry_in(seconds: float) -> None:
     """Have RQ schedule this job's next attempt that far ahead (in its scheduler, not a sleeping worker)."""
     job = get_current_job()
-    if job is not None:
-        job.retry_intervals = [math.ceil(seconds)]  # RQ reads the interval for the next retry from here
+    if job is not None:  # RQ reads the next retry's interval from here, and truncates the time it makes
+        job.retry_intervals = [math.ceil(seconds) + 1 if seconds > 0 else 0]  # to whole seconds: never early
 
 
 def take_slot(host: str, settings: Settings, connection: Redis) -> None:

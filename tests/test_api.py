@@ -1,0 +1,240 @@
+"""The api-call and webhook jobs against a real HTTP server on loopback (pytest-httpserver)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pytest_httpserver import HTTPServer
+from redis import Redis
+from rq.job import JobStatus
+from werkzeug import Request, Response
+
+from jobs import enqueue, submit, submit_many
+from jobs.api import verify_signature
+from jobs.errors import JobInputError
+from jobs.monitoring import wait_for
+from tests.support import start_python
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[HTTPServer]:
+    """A threaded HTTP server on 127.0.0.1, the only allowed host; retries immediate, time-outs short."""
+    http = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    http.start()
+    monkeypatch.setenv("RQKIT_API_ALLOWED_HOSTS", "127.0.0.1")
+    monkeypatch.setenv("RQKIT_API_BACKOFF_SECONDS", "0")
+    monkeypatch.setenv("RQKIT_API_MAX_RETRIES", "3")
+    monkeypatch.setenv("RQKIT_API_READ_TIMEOUT", "0.5")
+    yield http
+    http.clear()
+    http.stop()
+
+
+class Recorder:
+    """A handler that answers from a script (the last answer repeats) and records each request."""
+
+    def __init__(self, *answers: Response, delays: tuple[float, ...] = ()) -> None:
+        self.answers, self.delays = list(answers), list(delays)
+        self.requests: list[tuple[float, Request, bytes]] = []
+
+    def __call__(self, request: Request) -> Response:
+        self.requests.append((time.monotonic(), request, request.get_data()))
+        if self.delays:
+            time.sleep(self.delays.pop(0))
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+def route(server: HTTPServer, path: str, recorder: Recorder, method: str = "GET") -> str:
+    server.expect_request(path, method=method).respond_with_handler(recorder)
+    return server.url_for(path)
+
+
+def ran(run_jobs: Any, job: Any) -> Any:
+    run_jobs()
+    outcome = wait_for(job, timeout=10)
+    job.refresh()
+    return outcome
+
+
+def test_a_call_returns_the_response_and_stores_the_body(
+    server: HTTPServer, connection: Redis, run_jobs: Any
+) -> None:
+    recorder = Recorder(Response(json.dumps({"ok": True, "items": [1, 2]}), content_type="application/json"))
+    url = route(server, "/status", recorder)
+    outcome = ran(run_jobs, enqueue("api-call", "GET", url, params={"q": "x"}, store_as="cache/status"))
+    assert outcome.result == {
+        "status": 200,
+        "headers": {"content-type": "application/json", "content-length": "29"},
+        "body": {"ok": True, "items": [1, 2]},
+        "truncated": False,
+    }
+    assert json.loads(connection.get("cache/status") or b"") == {"ok": True, "items": [1, 2]}
+    assert 3500 < connection.pttl("cache/status") <= 3600 * 1000
+    [(_, request, _)] = recorder.requests
+    assert request.args["q"] == "x" and request.headers["User-Agent"].startswith("rqkit/")
+    assert "Idempotency-Key" not in request.headers  # GET is idempotent already
+
+
+def test_a_500_is_retried_with_the_same_idempotency_key(server: HTTPServer, run_jobs: Any) -> None:
+    recorder = Recorder(Response("boom", status=500), Response('{"id": 9}', content_type="application/json"))
+    url = route(server, "/charges", recorder, "POST")
+    job = enqueue("api-call", "POST", url, json={"amount": 100})
+    outcome = ran(run_jobs, job)
+    assert (outcome.status, outcome.result["body"]) == ("finished", {"id": 9})
+    keys = [request.headers["Idempotency-Key"] for _, request, _ in recorder.requests]
+    assert keys == [f"rqkit-{job.id}"] * 2
+    assert [json.loads(body) for _, _, body in recorder.requests] == [{"amount": 100}] * 2
+
+
+def test_a_404_fails_at_once_with_the_status_and_an_excerpt(server: HTTPServer, run_jobs: Any) -> None:
+    recorder = Recorder(Response("no such customer\n  cus_42", status=404))
+    url = route(server, "/customers/42", recorder)
+    job = enqueue("api-call", "GET", url)
+    outcome = ran(run_jobs, job)
+    assert outcome.reason == f"RejectedError: api: GET {url}: 404 NOT FOUND: no such customer cus_42"
+    assert len(recorder.requests) == 1 and job.retries_left == 0
+
+
+def test_a_time_out_is_retried(server: HTTPServer, run_jobs: Any) -> None:
+    recorder = Recorder(Response("late"), delays=(1.0,))
+    url = route(server, "/slow", recorder)
+    outcome = ran(run_jobs, enqueue("api-call", "GET", url))
+    assert outcome.status == "finished" and outcome.result["body"] == "late"
+    assert len(recorder.requests) == 2
+
+
+def test_retries_run_out_on_a_server_that_keeps_failing(server: HTTPServer, run_jobs: Any) -> None:
+    recorder = Recorder(Response("still down", status=503))
+    url = route(server, "/down", recorder)
+    outcome = ran(run_jobs, enqueue("api-call", "GET", url))
+    assert outcome.reason == f"UpstreamError: api: GET {url}: 503 SERVICE UNAVAILABLE: still down"
+    assert len(recorder.requests) == 4  # the first attempt and 3 retries
+
+
+def test_a_429_waits_as_long_as_retry_after_asks(
+    server: HTTPServer, connection: Redis, start_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = Recorder(Response("slow down", status=429, headers={"Retry-After": "2"}), Response("ok"))
+    url = route(server, "/limited", recorder)
+    start_worker("api", "--with-scheduler")
+    outcome = wait_for(enqueue("api-call", "GET", url), timeout=30)
+    assert outcome.status == "finished"
+    first, second = (when for when, _, _ in recorder.requests)
+    assert second - first >= 2.0
+
+
+def test_hosts_off_the_allow_list_are_refused_and_so_are_redirects_to_them(
+    server: HTTPServer, connection: Redis, run_jobs: Any
+) -> None:
+    with pytest.raises(JobInputError, match="host localhost is not allowed"):
+        submit("api-call", ("GET", server.url_for("/x").replace("127.0.0.1", "localhost")))
+    elsewhere = server.url_for("/target").replace("127.0.0.1", "localhost")
+    recorder = Recorder(Response("", status=302, headers={"Location": elsewhere}))
+    job = enqueue("api-call", "GET", route(server, "/hop", recorder))
+    outcome = ran(run_jobs, job)
+    assert outcome.reason == "DisallowedHost: api: host localhost is not allowed (RQKIT_API_ALLOWED_HOSTS)"
+    assert job.retries_left == 0 and len(recorder.requests) == 1
+
+
+def test_secret_headers_come_from_the_environment_and_stay_out_of_results(
+    server: HTTPServer, monkeypatch: pytest.MonkeyPatch, connection: Redis, run_jobs: Any
+) -> None:
+    monkeypatch.setenv("RQKIT_SECRET_CRM", "Bearer tok-123")
+    recorder = Recorder(Response("{}", content_type="application/json"))
+    job = enqueue("api-call", "GET", route(server, "/me", recorder), secret_headers={"Authorization": "CRM"})
+    outcome = ran(run_jobs, job)
+    assert recorder.requests[0][1].headers["Authorization"] == "Bearer tok-123"
+    assert "tok-123" not in json.dumps(outcome.result) + (job.description or "") + json.dumps(job.kwargs)
+    monkeypatch.delenv("RQKIT_SECRET_CRM")
+    missing = ran(
+        run_jobs, enqueue("api-call", "GET", route(server, "/me", recorder), secret_headers={"A": "CRM"})
+    )
+    assert missing.reason == "RejectedError: api: the secret RQKIT_SECRET_CRM is not set where the job runs"
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (("FETCH", "http://127.0.0.1/"), {}, "method must be one of"),
+        (("GET", "ftp://127.0.0.1/x"), {}, "not an http\\(s\\) URL"),
+        (("GET", "http://example.com/"), {}, "host example.com is not allowed"),
+        (("GET", "http://127.0.0.1/"), {"headers": {"X": "a\r\nB: c"}}, "must be one line"),
+        (("GET", "http://127.0.0.1/"), {"headers": {"X": 1}}, "headers must map names to strings"),
+        (
+            ("GET", "http://127.0.0.1/"),
+            {"secret_headers": {"Authorization": "lower"}},
+            "a secret is named by NAME",
+        ),
+        (("GET", "http://127.0.0.1/"), {"store_as": ""}, "store_as must be a non-empty string"),
+    ],
+)
+def test_bad_calls_are_refused_at_enqueue(
+    server: HTTPServer, connection: Redis, args: tuple[Any, ...], kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(JobInputError, match=message):
+        submit("api-call", args, kwargs)
+
+
+def test_a_webhook_is_signed_and_the_receiver_can_verify_it(
+    server: HTTPServer, monkeypatch: pytest.MonkeyPatch, connection: Redis, run_jobs: Any
+) -> None:
+    monkeypatch.setenv("RQKIT_SECRET_SHOP", "whsec-abc")
+    verdicts = []
+
+    def receiver(request: Request) -> Response:
+        headers, body = request.headers, request.get_data()
+        valid = verify_signature(
+            b"whsec-abc", headers["X-Rqkit-Timestamp"], body, headers["X-Rqkit-Signature"]
+        )
+        verdicts.append((valid, headers["X-Rqkit-Event"], json.loads(body)))
+        return Response("thanks" if valid else "bad signature", status=200 if valid else 401)
+
+    server.expect_request("/hooks", method="POST").respond_with_handler(receiver)
+    url = server.url_for("/hooks")
+    assert ran(run_jobs, enqueue("webhook", url, "order.paid", {"id": 7}, "SHOP")).status == "finished"
+    monkeypatch.setenv("RQKIT_SECRET_SHOP", "not-the-receivers-secret")
+    forged = ran(run_jobs, enqueue("webhook", url, "order.paid", {"id": 8}, "SHOP"))
+    assert forged.reason == f"RejectedError: api: POST {url}: 401 UNAUTHORIZED: bad signature"
+    assert verdicts == [
+        (True, "order.paid", {"event": "order.paid", "payload": {"id": 7}}),
+        (False, "order.paid", {"event": "order.paid", "payload": {"id": 8}}),
+    ]
+
+
+def test_a_call_over_the_rate_limit_is_deferred_to_its_slot_without_using_a_retry(
+    server: HTTPServer, monkeypatch: pytest.MonkeyPatch, connection: Redis, run_jobs: Any
+) -> None:
+    monkeypatch.setenv("RQKIT_API_RATE_LIMITS", "127.0.0.1=30/m")  # one every 2 s: more than a second away
+    recorder = Recorder(Response("ok"))
+    url = route(server, "/slow-lane", recorder)
+    first, second = (enqueue("api-call", "GET", url) for _ in range(2))
+    run_jobs()
+    assert wait_for(first, timeout=5).status == "finished"
+    second.refresh()
+    assert second.get_status() == JobStatus.SCHEDULED and second.retries_left == 3
+    assert "rqkit_slot" in second.get_meta()
+    assert len(recorder.requests) == 1
+
+
+def test_two_workers_share_a_rate_limit(
+    server: HTTPServer, monkeypatch: pytest.MonkeyPatch, connection: Redis
+) -> None:
+    rate, calls = 10, 40
+    monkeypatch.setenv("RQKIT_API_RATE_LIMITS", f"127.0.0.1={rate}/s")
+    recorder = Recorder(Response("ok"))
+    url = route(server, "/paced", recorder)
+    jobs, _ = submit_many("api-call", [("GET", url)] * calls)
+    workers = [
+        start_python("-m", "rq.cli", "worker", "-c", "config.rq", "--burst", "--quiet", "api")
+        for _ in range(2)
+    ]
+    for worker in workers:
+        assert worker.wait(60) == 0
+    times = sorted(when for when, _, _ in recorder.requests)
+    assert len(times) == calls
+    measured = (calls - 1) / (times[-1] - times[0])
+    assert abs(measured - rate) / rate < 0.10, measured
