@@ -8,11 +8,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from pytest_httpserver import HTTPServer
 from redis import Redis
+from rq import Queue
 from rq.job import JobStatus
 from werkzeug import Request, Response
 
+from cli import cli
 from jobs import enqueue, submit, submit_many
 from jobs.api import verify_signature
 from jobs.errors import JobInputError
@@ -238,3 +241,44 @@ def test_two_workers_share_a_rate_limit(
     assert len(times) == calls
     measured = (calls - 1) / (times[-1] - times[0])
     assert abs(measured - rate) / rate < 0.10, measured
+
+
+def test_the_cli_builds_the_call(server: HTTPServer, connection: Redis) -> None:
+    url = server.url_for("/v1/contacts")
+    args = [
+        "enqueue",
+        "api-call",
+        "post",
+        url,
+        "--data",
+        '{"name": "Ann"}',
+        "--param",
+        "dry=1",
+        "--header",
+        "X-Trace: abc",
+        "--secret-header",
+        "Authorization=CRM",
+        "--key",
+        "k-1",
+        "--store-as",
+        "crm/ann",
+        "--json",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    [job] = Queue("api", connection=connection).jobs
+    assert list(job.args) == ["POST", url]
+    assert job.kwargs == {
+        "json": {"name": "Ann"},
+        "params": {"dry": "1"},
+        "headers": {"X-Trace": "abc"},
+        "secret_headers": {"Authorization": "CRM"},
+        "idempotency_key": "k-1",
+        "store_as": "crm/ann",
+    }
+    for bad, message in (
+        (["--data", "{nope"], "--data: not JSON"),
+        (["--header", "X-Trace"], "expected NAME:VALUE"),
+    ):
+        refused = CliRunner().invoke(cli, ["enqueue", "api-call", "GET", url, *bad])
+        assert refused.exit_code == 2 and message in refused.output

@@ -141,6 +141,8 @@ def test_up_embeds_redis_runs_jobs_and_leaves_nothing_behind(
     dashboard = f"http://127.0.0.1:{up.env['RQKIT_DASHBOARD_PORT']}/"
     with urllib.request.urlopen(dashboard, timeout=10) as response:
         assert response.status == 200
+    called = up.cli_json("enqueue", "api-call", "GET", dashboard, "--wait")
+    assert (called["status"], called["result"]["status"]) == ("finished", 200)
 
     photo(tmp_path / "path.jpg", (1600, 1200))
     thumbs = up.cli_json("enqueue", "thumbnail", str(tmp_path / "path.jpg"), "--wait")
