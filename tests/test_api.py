@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from pytest_httpserver import HTTPServer
@@ -282,3 +284,28 @@ def test_the_cli_builds_the_call(server: HTTPServer, connection: Redis) -> None:
     ):
         refused = CliRunner().invoke(cli, ["enqueue", "api-call", "GET", url, *bad])
         assert refused.exit_code == 2 and message in refused.output
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    from email.utils import format_datetime
+
+    from jobs.api import retry_after
+
+    def asking(value: str) -> float | None:
+        return retry_after(httpx.Response(429, headers={"Retry-After": value}))
+
+    in_a_minute = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
+    assert asking("7") == 7.0 and asking("999999") == 24 * 3600
+    assert 55 < (asking(in_a_minute) or 0) <= 60
+    assert asking("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0 and asking("soon") is None
+
+
+def test_backoff_has_jitter_within_its_ceiling() -> None:
+    from config import load_settings
+    from jobs.api import backoff
+
+    settings = load_settings(
+        {"RQKIT_API_BACKOFF_SECONDS": "2", "RQKIT_API_BACKOFF_MAX": "10", "RQKIT_CONFIG": ""}
+    )
+    waits = {backoff(settings) for _ in range(50)}
+    assert all(1 <= wait <= 2 for wait in waits) and len(waits) > 1  # no job: the first attempt, 2 s at most
