@@ -21,14 +21,14 @@ class RedisUnavailable(ToolkitError):
 
 def redis_client(settings: Settings | None = None) -> Redis:
     """The client for the configured Redis, shared by the process (it connects on first use)."""
-    return client_for(settings or get_settings())
+    settings = settings or get_settings()
+    return client_for(settings.redis_url, settings.redis_connect_timeout)
 
 
 @cache
-def client_for(settings: Settings) -> Redis:
-    """One client, and so one connection pool, per settings: reusing connections is most of the speed."""
-    timeout = settings.redis_connect_timeout
-    return Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, health_check_interval=30)
+def client_for(url: str, connect_timeout: float) -> Redis:
+    """One client, and so one connection pool, per URL: reusing connections is most of the speed."""
+    return Redis.from_url(url, socket_connect_timeout=connect_timeout, health_check_interval=30)
 
 
 def ping(connection: Redis) -> None:

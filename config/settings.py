@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
@@ -64,6 +65,15 @@ class Settings:
     api_max_body_kb: int = 256
     api_store_ttl: int = 3600
     api_rate_limits: tuple[str, ...] = ()  # "host=10/s" or "host=600/m", shared by every worker
+    maintenance_batch_size: int = 1000
+    maintenance_lock_seconds: int = 3600
+    # Tables in the TOML file, JSON in the environment; see jobs/maintenance.py for the fields.
+    session_stores: dict[str, dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: {"default": {"kind": "sql", "preset": "django"}}
+    )
+    cache_targets: dict[str, dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: {"thumbnails": {"kind": "disk", "max_age_days": 90, "max_size_mb": 2048}}
+    )
     # Secrets: environment only, never read from the TOML file.
     dashboard_username: str = ""
     dashboard_password: str = ""
@@ -161,6 +171,11 @@ def convert(name: str, raw: Any, source: str) -> Any:
     """Convert a TOML or environment value to the field's type."""
     kind = str(FIELDS[name].type)
     try:
+        if kind == "dict[str, dict[str, Any]]":
+            table = json.loads(raw) if isinstance(raw, str) else raw
+            if isinstance(table, dict) and all(isinstance(entry, dict) for entry in table.values()):
+                return table
+            raise ValueError(raw)
         if kind in ("tuple[str, ...]", "tuple[int, ...]"):
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             names = tuple(str(item).strip() for item in items if str(item).strip())
@@ -179,6 +194,7 @@ def convert(name: str, raw: Any, source: str) -> Any:
         "tuple[str, ...]": "a list of names",
         "tuple[int, ...]": "a list of numbers",
         "Path | None": "a path",
+        "dict[str, dict[str, Any]]": "tables of name = {field = value} (JSON in the environment)",
     }
     raise ConfigError(f"{source}: expected {expected.get(kind, kind)}, got {raw!r}")
 
@@ -245,6 +261,8 @@ def validate(settings: Settings) -> None:
         ),
         ("api_max_body_kb", settings.api_max_body_kb > 0, "positive"),
         ("api_store_ttl", settings.api_store_ttl > 0, "positive"),
+        ("maintenance_batch_size", settings.maintenance_batch_size > 0, "positive"),
+        ("maintenance_lock_seconds", settings.maintenance_lock_seconds > 0, "positive"),
         (
             "api_rate_limits",
             all(RATE_LIMIT.match(entry) for entry in settings.api_rate_limits),
