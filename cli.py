@@ -183,6 +183,31 @@ def enqueue_sleep(seconds: float, **options: Any) -> None:
     run_enqueue("sleep", [((int(seconds) if seconds.is_integer() else seconds,), {})], **options)
 
 
+@enqueue.command("expire-sessions")
+@click.argument("store", default="default")
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
+@enqueue_options
+def enqueue_expire_sessions(store: str, dry_run: bool, **options: Any) -> None:
+    """Delete the expired sessions of STORE (default: `default`), in short batches.
+
+    Example: python cli.py enqueue expire-sessions --dry-run --wait
+    """
+    run_enqueue("expire-sessions", [((store,), {"dry_run": True} if dry_run else {})], **options)
+
+
+@enqueue.command("sweep-cache")
+@click.argument("target", required=False)
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
+@enqueue_options
+def enqueue_sweep_cache(target: str | None, dry_run: bool, **options: Any) -> None:
+    """Sweep the cache TARGET (default: every configured one): old, idle or over-size entries go.
+
+    Example: python cli.py enqueue sweep-cache thumbnails --wait
+    """
+    args = (target,) if target else ()
+    run_enqueue("sweep-cache", [(args, {"dry_run": True} if dry_run else {})], **options)
+
+
 @enqueue.command("word-count")
 @click.argument("model", type=click.Choice(sorted(stats.MODELS)))
 @enqueue_options

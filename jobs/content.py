@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import uuid
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 
@@ -33,6 +35,15 @@ comments = Table(
     Column("created_at", DateTime, nullable=False, server_default=func.current_timestamp()),
 )
 
+# The demo app's sessions, in Django's schema: what the default `expire-sessions` store cleans.
+django_session = Table(
+    "django_session",
+    metadata,
+    Column("session_key", String(40), primary_key=True),
+    Column("session_data", Text, nullable=False),
+    Column("expire_date", DateTime, nullable=False, index=True),
+)
+
 WORDS = (
     "job queue worker redis thumbnail email schedule retry cache session background request "
     "response comment article count fast slow reliable batch nightly payload result failure"
@@ -40,15 +51,21 @@ WORDS = (
 
 
 @cache
-def content_engine(url: str) -> Engine:
-    """An engine for the content database, with its tables created."""
+def database_engine(url: str) -> Engine:
+    """An engine for any SQLAlchemy URL (a SQLite file's folder is made); nothing is created in it."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise ConfigError(f"DATABASE_URL: {exc}") from exc
+        raise ConfigError(f"database URL {url!r}: {exc}") from exc
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sqlalchemy_engine(parsed)
+    return sqlalchemy_engine(parsed)
+
+
+@cache
+def content_engine(url: str) -> Engine:
+    """An engine for the content database, with its tables created."""
+    engine = database_engine(url)
     metadata.create_all(engine)
     return engine
 
@@ -70,4 +87,18 @@ def seed(engine: Engine, articles_count: int = 20, comments_per_article: int = 5
             assert key is not None
             bodies = [sample_text(rng, rng.randint(3, 40)) for _ in range(comments_per_article)]
             conn.execute(comments.insert(), [{"article_id": key[0], "body": body} for body in bodies])
-    return {"articles": articles_count, "comments": articles_count * comments_per_article}
+        now = datetime.now(UTC).replace(tzinfo=None)
+        sessions = [
+            {
+                "session_key": uuid.uuid4().hex,
+                "session_data": "{}",
+                "expire_date": now + timedelta(days=rng.randint(-30, 30)),
+            }
+            for _ in range(articles_count)
+        ]
+        conn.execute(django_session.insert(), sessions)
+    return {
+        "articles": articles_count,
+        "comments": articles_count * comments_per_article,
+        "sessions": len(sessions),
+    }

@@ -20,7 +20,7 @@ from rq.utils import as_text
 
 from config import RedisUnavailable, Settings, get_settings, redis_client
 from config.connection import url_of
-from jobs import api, demo, email, images, stats
+from jobs import api, demo, email, images, maintenance, stats
 from jobs.errors import JobInputError, UnknownJobError
 
 WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED)
@@ -131,6 +131,22 @@ JOBS: dict[str, JobSpec] = {
             timeout=300,
             retries=api.retry_intervals,
             check=api.check_webhook,
+        ),
+        JobSpec(
+            "expire-sessions",
+            maintenance.expire_sessions,
+            queue="maintenance",
+            description="Delete the expired sessions of a store (settings: session_stores), in batches",
+            timeout=3 * 3600,
+            check=maintenance.check_expire,
+        ),
+        JobSpec(
+            "sweep-cache",
+            maintenance.sweep_cache,
+            queue="maintenance",
+            description="Sweep a cache target, or all (settings: cache_targets): old, idle or over-size entries",
+            timeout=3 * 3600,
+            check=maintenance.check_sweep,
         ),
         JobSpec(
             "word-count",

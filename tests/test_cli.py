@@ -77,7 +77,7 @@ def test_enqueue_in_and_at_schedule_the_job(connection: Redis) -> None:
     [
         (
             ["enqueue", "sleeep", "1"],
-            "unknown job 'sleeep'; known jobs: api-call, email, sleep, thumbnail, webhook, word-count",
+            "unknown job 'sleeep'; known jobs: api-call, email, expire-sessions, sleep, sweep-cache, thumbnail, webhook, word-count",
         ),
         (["enqueue", "sleep", "abc"], "'abc' is not a valid float"),
         (["enqueue", "sleep", "99999"], "SECONDS must be a number from 0 to 3600"),

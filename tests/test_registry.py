@@ -101,7 +101,7 @@ def test_bad_arguments_are_refused_before_redis_is_touched(
 
 def test_an_unknown_job_lists_the_known_ones() -> None:
     with pytest.raises(
-        UnknownJobError, match="known jobs: api-call, email, sleep, thumbnail, webhook, word-count"
+        UnknownJobError, match="known jobs: api-call, email, expire-sessions, sleep, sweep-cache, thumbnail, webhook, word-count"
     ):
         enqueue("sleeep", 1)
 

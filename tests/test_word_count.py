@@ -76,7 +76,7 @@ def test_each_model_has_its_own_pending_recount(engine: Engine, connection: Redi
 
 
 def test_seed_adds_articles_with_comments(engine: Engine) -> None:
-    assert content.seed(engine, 3, 4) == {"articles": 3, "comments": 12}
+    assert content.seed(engine, 3, 4) == {"articles": 3, "comments": 12, "sessions": 3}
     assert stats.count_words(engine, content.comments)[1] == 12
     assert stats.count_words(engine, content.articles)[1] == 3
 
