@@ -144,7 +144,7 @@ JOBS: dict[str, JobSpec] = {
             "sweep-cache",
             maintenance.sweep_cache,
             queue="maintenance",
-            description="Sweep a cache target, or all (settings: cache_targets) of old, idle or excess entries",
+            description="Sweep cache TARGET or all (settings: cache_targets) of old, idle or excess entries",
             timeout=3 * 3600,
             check=maintenance.check_sweep,
         ),

@@ -15,7 +15,8 @@ from redis import Redis
 from rq import Queue
 from sqlalchemy import Engine
 
-from cli import cli
+from cli import cli, enqueue
+from jobs import JOBS
 from launcher.redis_server import free_port
 from tests.support import start_python
 
@@ -75,10 +76,7 @@ def test_enqueue_in_and_at_schedule_the_job(connection: Redis) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (
-            ["enqueue", "sleeep", "1"],
-            "unknown job 'sleeep'; known jobs: api-call, email, expire-sessions, sleep, sweep-cache, thumbnail, webhook, word-count",
-        ),
+        (["enqueue", "sleeep", "1"], f"unknown job 'sleeep'; known jobs: {', '.join(sorted(JOBS))}"),
         (["enqueue", "sleep", "abc"], "'abc' is not a valid float"),
         (["enqueue", "sleep", "99999"], "SECONDS must be a number from 0 to 3600"),
         (["enqueue", "sleep"], "Missing argument 'SECONDS'"),
@@ -182,3 +180,7 @@ def test_a_negative_delay_gets_the_jobs_own_message(connection: Redis) -> None:
     result = run("enqueue", "sleep", "--", "-3")
     assert result.exit_code == 2
     assert result.output == "Error: sleep: SECONDS must be a number from 0 to 3600, got -3\n"
+
+
+def test_every_registered_job_has_an_enqueue_command() -> None:
+    assert sorted(enqueue.commands) == sorted(JOBS)

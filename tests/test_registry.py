@@ -100,10 +100,9 @@ def test_bad_arguments_are_refused_before_redis_is_touched(
 
 
 def test_an_unknown_job_lists_the_known_ones() -> None:
-    with pytest.raises(
-        UnknownJobError, match="known jobs: api-call, email, expire-sessions, sleep, sweep-cache, thumbnail, webhook, word-count"
-    ):
+    with pytest.raises(UnknownJobError, match=f"known jobs: {', '.join(sorted(JOBS))}") as error:
         enqueue("sleeep", 1)
+    assert {"sleep", "word-count", "thumbnail"} <= set(error.value.known)
 
 
 def test_a_queue_that_no_worker_listens_to_is_refused() -> None:
