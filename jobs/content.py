@@ -86,7 +86,8 @@ def seed(engine: Engine, articles_count: int = 20, comments_per_article: int = 5
             key = conn.execute(article).inserted_primary_key
             assert key is not None
             bodies = [sample_text(rng, rng.randint(3, 40)) for _ in range(comments_per_article)]
-            conn.execute(comments.insert(), [{"article_id": key[0], "body": body} for body in bodies])
+            if bodies:
+                conn.execute(comments.insert(), [{"article_id": key[0], "body": body} for body in bodies])
         now = datetime.now(UTC).replace(tzinfo=None)
         sessions = [
             {

@@ -1,0 +1,325 @@
+"""Session expiry and cache sweeps on real SQLite files, a real Redis and a real folder tree."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from redis import Redis
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    func,
+    insert,
+    select,
+)
+
+from cli import cli
+from jobs import enqueue
+from jobs.errors import JobInputError
+from jobs.maintenance import expire_sessions, sweep_cache
+from jobs.monitoring import wait_for
+
+NOW = datetime.now(UTC).replace(tzinfo=None)
+ROWS, BATCH = 2550, 500  # several batches and a partial last one
+
+
+def schema(preset: str) -> tuple[Table, str]:
+    """The table each framework creates, and the column that decides expiry."""
+    meta = MetaData()
+    if preset == "django":
+        return Table(
+            "django_session",
+            meta,
+            Column("session_key", String(40), primary_key=True),
+            Column("session_data", Text),
+            Column("expire_date", DateTime, index=True),
+        ), "expire_date"
+    if preset == "rails":
+        return Table(
+            "sessions",
+            meta,
+            Column("id", Integer, primary_key=True),
+            Column("session_id", String(255)),
+            Column("data", Text),
+            Column("created_at", DateTime),
+            Column("updated_at", DateTime),
+        ), "updated_at"
+    return Table(
+        "sessions",
+        meta,
+        Column("id", Integer, primary_key=True),
+        Column("session_id", String(255)),
+        Column("data", Text),
+        Column("expiry", DateTime),
+    ), "expiry"
+
+
+def fill(url: str, preset: str) -> set[str]:
+    """ROWS sessions, every other one expired; the keys of those that must stay."""
+    table, when = schema(preset)
+    engine = create_engine(url)
+    table.metadata.create_all(engine)
+    keep, rows = set(), []
+    for i in range(ROWS):
+        expired = i % 2 == 0
+        if preset == "rails":  # expired = not updated within its max age (14 days)
+            moment = NOW - timedelta(days=20 if expired else 1)
+        else:
+            moment = NOW + timedelta(hours=-1 if expired else 1)
+        key = f"s{i:05}"
+        row = {when: moment}
+        row |= (
+            {"session_key": key, "session_data": "{}"}
+            if preset == "django"
+            else {"id": i + 1, "session_id": key}
+        )
+        rows.append(row)
+        if not expired:
+            keep.add(key)
+    with engine.begin() as conn:
+        conn.execute(insert(table), rows)
+    return keep
+
+
+def remaining(url: str, preset: str) -> set[str]:
+    table, _ = schema(preset)
+    column = table.c.session_key if preset == "django" else table.c.session_id
+    with create_engine(url).connect() as conn:
+        return set(conn.execute(select(column)).scalars())
+
+
+@pytest.fixture
+def stores(monkeypatch: pytest.MonkeyPatch, connection: Redis) -> Any:
+    def configure(**stores: dict[str, Any]) -> None:
+        monkeypatch.setenv("RQKIT_SESSION_STORES", json.dumps(stores))
+        monkeypatch.setenv("RQKIT_MAINTENANCE_BATCH_SIZE", str(BATCH))
+
+    return configure
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh SQLite file; or the PostgreSQL server named by RQKIT_TEST_POSTGRES_URL, if there is one."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'app.db'}"
+        return
+    url = os.environ.get("RQKIT_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip(
+            "no PostgreSQL server for this run: set RQKIT_TEST_POSTGRES_URL (and install psycopg) to test on one"
+        )
+    yield url
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for name in ("django_session", "sessions"):
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+
+
+@pytest.mark.parametrize("preset", ["django", "rails", "flask"])
+def test_only_expired_sessions_go_across_batches(preset: str, database_url: str, stores: Any) -> None:
+    url = database_url
+    keep = fill(url, preset)
+    stores(app={"kind": "sql", "preset": preset, "url": url})
+    dry = expire_sessions("app", dry_run=True)
+    assert (dry["status"], dry["deleted"], len(remaining(url, preset))) == ("dry run", ROWS // 2, ROWS)
+    report = expire_sessions("app")
+    assert (report["deleted"], report["batches"]) == (ROWS // 2, 3)
+    assert remaining(url, preset) == keep
+    assert expire_sessions("app")["deleted"] == 0  # idempotent
+
+
+def test_a_custom_table_and_columns(tmp_path: Path, stores: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'custom.db'}"
+    engine = create_engine(url)
+    table = Table(
+        "web_sessions",
+        MetaData(),
+        Column("token", String(64), primary_key=True),
+        Column("valid_until", DateTime),
+    )
+    table.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(table),
+            [
+                {"token": "old", "valid_until": NOW - timedelta(minutes=1)},
+                {"token": "new", "valid_until": NOW + timedelta(minutes=1)},
+            ],
+        )
+    stores(
+        web={
+            "kind": "sql",
+            "url": url,
+            "table": "web_sessions",
+            "key_column": "token",
+            "expiry_column": "valid_until",
+        }
+    )
+    assert expire_sessions("web")["deleted"] == 1
+    with engine.connect() as conn:
+        assert list(conn.execute(select(table.c.token)).scalars()) == ["new"]
+
+
+def test_a_missing_table_is_a_clear_failure(tmp_path: Path, stores: Any, run_jobs: Any) -> None:
+    stores(app={"kind": "sql", "preset": "django", "url": f"sqlite:///{tmp_path / 'empty.db'}"})
+    job = enqueue("expire-sessions", "app")
+    run_jobs()
+    reason = wait_for(job, timeout=5).reason or ""
+    assert reason.startswith("JobInputError: session store: no table 'django_session' in sqlite:///")
+
+
+def test_an_unknown_store_is_refused_at_enqueue(stores: Any) -> None:
+    stores(app={"kind": "sql", "preset": "django"})
+    with pytest.raises(JobInputError, match="session store 'nope' is not configured \\(known: app\\)"):
+        enqueue("expire-sessions", "nope")
+
+
+@pytest.mark.parametrize("style", ["index", "expiry_field"])
+def test_redis_sessions_without_ttl(style: str, stores: Any, connection: Redis) -> None:
+    now = datetime.now(UTC).timestamp()
+    for i in range(1200):
+        expiry = now + (-60 if i % 3 == 0 else 3600)
+        connection.hset(f"sess:{i}", mapping={"user": i, "expires": expiry})
+        connection.zadd("sess-index", {str(i): expiry})
+    connection.set("other:1", "untouched")
+    config = {"kind": "redis", "prefix": "sess:"} | (
+        {"index": "sess-index"} if style == "index" else {"expiry_field": "expires"}
+    )
+    stores(cache=config)
+    report = expire_sessions("cache")
+    assert report["deleted"] == 400
+    assert (
+        sorted(int(key.split(b":")[1]) % 3 for key in connection.scan_iter("sess:*", count=1000))
+        == [1] * 400 + [2] * 400
+    )
+    assert connection.get("other:1") == b"untouched"
+
+
+def test_a_second_run_of_the_same_sweep_reports_already_running(
+    stores: Any, connection: Redis, tmp_path: Path
+) -> None:
+    stores(app={"kind": "sql", "preset": "django", "url": f"sqlite:///{tmp_path / 'x.db'}"})
+    connection.set("rqkit:lock:expire-sessions:app", "someone-else")
+    assert expire_sessions("app") == {"target": "app", "status": "already running"}
+    connection.delete("rqkit:lock:expire-sessions:app")
+    assert connection.exists("rqkit:lock:expire-sessions:app") == 0
+
+
+def make_file(path: Path, size: int, age_days: float, used_days_ago: float | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    modified = datetime.now(UTC).timestamp() - age_days * 86400
+    accessed = (
+        datetime.now(UTC).timestamp() - (used_days_ago if used_days_ago is not None else age_days) * 86400
+    )
+    os.utime(path, (accessed, modified))
+    return path
+
+
+def test_disk_sweep_by_age_then_by_size_in_lru_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, connection: Redis
+) -> None:
+    root, outside = tmp_path / "cache", tmp_path / "precious"
+    old = make_file(root / "a" / "old.jpg", 100, age_days=40)
+    lonely = make_file(root / "empty-soon" / "only.jpg", 100, age_days=40)
+    recent = [make_file(root / "b" / f"{i}.jpg", 1000, age_days=10, used_days_ago=i) for i in range(6)]
+    writing = make_file(root / "b" / ".rqkit-tmp-abc", 5000, age_days=40)
+    make_file(outside / "keep.jpg", 100, age_days=400)
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    (root / "file-link.jpg").symlink_to(outside / "keep.jpg")
+    limit = 4000 / 2**20  # MB: four of the six recent files fit
+    monkeypatch.setenv(
+        "RQKIT_CACHE_TARGETS",
+        json.dumps({"t": {"kind": "disk", "path": str(root), "max_age_days": 30, "max_size_mb": limit}}),
+    )
+    dry = sweep_cache("t", dry_run=True)["targets"][0]
+    assert (dry["deleted"], old.exists()) == (4, True)
+    report = sweep_cache("t")["targets"][0]
+    assert (report["deleted"], report["bytes_freed"], report["folders_removed"]) == (4, 2200, 2)
+    assert not old.exists() and not lonely.exists() and not (root / "a").exists()
+    assert [path.exists() for path in recent] == [
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]  # least recently used went
+    assert writing.exists() and (outside / "keep.jpg").exists() and (root / "file-link.jpg").is_symlink()
+
+
+def test_redis_sweep_selects_exactly_among_100000_keys_without_keys(
+    monkeypatch: pytest.MonkeyPatch, connection: Redis
+) -> None:
+    with connection.pipeline(transaction=False) as pipe:
+        for i in range(100_000):
+            if i % 4 == 0:
+                pipe.set(f"cache:page:{i}", "no ttl")  # selected
+            elif i % 4 == 1:
+                pipe.set(f"cache:page:{i}", "has ttl", ex=3600)
+            elif i % 4 == 2:
+                pipe.set(f"session:{i}", "outside the pattern")
+            else:
+                pipe.set(f"cache:fragment:{i}", "has ttl", px=600_000)
+        pipe.execute()
+    connection.config_resetstat()
+    monkeypatch.setenv(
+        "RQKIT_CACHE_TARGETS", json.dumps({"pages": {"kind": "redis", "pattern": "cache:*", "no_ttl": True}})
+    )
+    report = sweep_cache("pages")["targets"][0]
+    assert report["deleted"] == 25_000 and report["examined"] == 75_000
+    assert connection.dbsize() == 75_000
+    left = list(connection.scan_iter("cache:*", count=10_000))
+    with connection.pipeline(transaction=False) as pipe:
+        for key in left:
+            pipe.ttl(key)
+        assert len(left) == 50_000 and min(pipe.execute()) > 0
+    assert "cmdstat_keys" not in connection.info("commandstats")
+    assert report["longest_step_ms"] < 100
+
+
+def test_a_reserved_pattern_is_refused(monkeypatch: pytest.MonkeyPatch, connection: Redis) -> None:
+    monkeypatch.setenv(
+        "RQKIT_CACHE_TARGETS", json.dumps({"bad": {"kind": "redis", "pattern": "rq:*", "no_ttl": True}})
+    )
+    with pytest.raises(Exception, match="would reach the queues' own keys"):
+        sweep_cache("bad")
+
+
+def test_the_cli_runs_the_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, engine: Any, connection: Redis, run_jobs: Any
+) -> None:
+    from jobs import content
+
+    content.seed(engine, 10, 0)
+    with engine.connect() as conn:
+        expired = conn.execute(
+            select(func.count()).where(content.django_session.c.expire_date < NOW)
+        ).scalar_one()
+    monkeypatch.setenv("RQKIT_THUMBNAILS_DIR", str(tmp_path / "thumbs"))
+    make_file(tmp_path / "thumbs" / "128" / "old.jpg.jpg", 10, age_days=200)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["enqueue", "expire-sessions", "--json"]).exit_code == 0
+    assert runner.invoke(cli, ["enqueue", "sweep-cache", "thumbnails", "--json"]).exit_code == 0
+    run_jobs()
+    sessions = json.loads(runner.invoke(cli, ["info", "--json"]).stdout)["queues"]
+    assert next(q for q in sessions if q["name"] == "maintenance")["finished"] == 2
+    assert not (tmp_path / "thumbs" / "128" / "old.jpg.jpg").exists()
+    with engine.connect() as conn:
+        assert (
+            conn.execute(select(func.count()).select_from(content.django_session)).scalar_one()
+            == 10 - expired
+        )
