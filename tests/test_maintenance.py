@@ -119,7 +119,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     url = os.environ.get("RQKIT_TEST_POSTGRES_URL")
     if not url:
         pytest.skip(
-            "no PostgreSQL server for this run: set RQKIT_TEST_POSTGRES_URL (and install psycopg) to test on one"
+            "no PostgreSQL server for this run: set RQKIT_TEST_POSTGRES_URL (with psycopg) to test on one"
         )
     yield url
     engine = create_engine(url)
