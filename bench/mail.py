@@ -3,8 +3,8 @@
 Starts a private redis-server and the sink (`python -m launcher.mail_sink`) on free loopback ports,
 enqueues N distinct messages in bulk, runs one `rq worker --burst email` (a work-horse forked per
 job, as in production) and counts the .eml files the sink stored: every message exactly once.
-Usage: .venv/bin/python -m bench.email [--messages 500]   (as a module: run as a file, its name
-would hide the standard library's email package)
+Usage: .venv/bin/python bench/mail.py [--messages 500]   (not bench/email.py: a file of that name
+would hide the standard library's email package from every script in bench/)
 """
 
 from __future__ import annotations
