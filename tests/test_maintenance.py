@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -323,3 +324,17 @@ def test_the_cli_runs_the_defaults(
             conn.execute(select(func.count()).select_from(content.django_session)).scalar_one()
             == 10 - expired
         )
+
+
+def test_redis_sweep_by_idle_time(monkeypatch: pytest.MonkeyPatch, connection: Redis) -> None:
+    connection.set("cache:stale", "v")
+    connection.set("cache:read", "v")
+    connection.set("cache:ttl", "v", ex=600)
+    time.sleep(2.1)  # idle time is what is measured here: it only grows with the clock
+    connection.get("cache:read")
+    monkeypatch.setenv(
+        "RQKIT_CACHE_TARGETS",
+        json.dumps({"c": {"kind": "redis", "pattern": "cache:*", "max_idle_seconds": 1}}),
+    )
+    assert sweep_cache("c")["targets"][0]["deleted"] == 2
+    assert sorted(connection.scan_iter("cache:*")) == [b"cache:read"]
