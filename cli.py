@@ -21,6 +21,7 @@ from jobs.errors import JobInputError, ToolkitError
 from jobs.media import as_argument
 from launcher import mail_sink
 from launcher.stack import Stack
+from scheduler import periodic
 
 EXIT_FAILURE = 1
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -498,6 +499,78 @@ def render_thumbnails_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@cli.group()
+def schedule() -> None:
+    """The periodic jobs declared in the settings (`schedule`), kept in rq-scheduler.
+
+    Example: python cli.py schedule list
+    """
+
+
+@schedule.command("sync")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def schedule_sync(as_json: bool) -> None:
+    """Make rq-scheduler hold exactly the enabled entries; running it twice changes nothing.
+
+    Example: python cli.py schedule sync
+    """
+    changes = asdict(periodic.sync())
+    emit(
+        changes,
+        as_json,
+        lambda c: "\n".join(f"{kind:<10}{', '.join(names) or '-'}" for kind, names in c.items()),
+    )
+
+
+@schedule.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def schedule_list(as_json: bool) -> None:
+    """Each entry: when, next run (in RQKIT_SCHEDULE_TIMEZONE), last run and its outcome, skips.
+
+    Example: python cli.py schedule list --json
+    """
+    rows = periodic.listing()
+    emit(rows, as_json, render_schedule)
+
+
+def render_schedule(rows: list[dict[str, Any]]) -> str:
+    head = f"{'entry':<22}{'when':<20}{'next run':<28}{'last run':<28}{'outcome':<10}skipped"
+    lines = [head]
+    for row in rows:
+        next_run = row["next_run"] or ("disabled" if not row["enabled"] else "not synced")
+        lines.append(
+            f"{row['name']:<22}{row['when']:<20}{next_run:<28}{row['last_due'] or '-':<28}"
+            f"{row['last_outcome'] or '-':<10}{row['skipped']}"
+        )
+    return "\n".join(lines)
+
+
+@schedule.command("clear")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def schedule_clear(as_json: bool) -> None:
+    """Remove every entry the toolkit synced (jobs scheduled by others stay).
+
+    Example: python cli.py schedule clear
+    """
+    emit({"removed": periodic.clear()}, as_json, lambda r: f"removed: {', '.join(r['removed']) or '-'}")
+
+
+@schedule.command("run")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def schedule_run(name: str, as_json: bool) -> None:
+    """Enqueue one run of entry NAME now.
+
+    Example: python cli.py schedule run expire-sessions
+    """
+    job = periodic.run_now(name)
+    emit(
+        {"entry": name, "id": job.id, "queue": job.origin},
+        as_json,
+        lambda r: f"{name}: enqueued as job {r['id']} on {r['queue']}",
+    )
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def info(as_json: bool) -> None:
@@ -588,7 +661,21 @@ def up(workers: int | None, scheduler: bool, dashboard: bool, with_demo: bool) -
     """
     settings = get_settings()
     stack = Stack(settings, settings.workers if workers is None else workers, scheduler, dashboard)
-    sys.exit(stack.run(on_ready=(lambda: run_demo(stack)) if with_demo else None))
+
+    def sync_schedule() -> None:
+        changes = periodic.sync(settings, redis_client(settings))
+        stack.say(
+            "schedule",
+            f"synced: {len(changes.added)} added, {len(changes.updated)} updated, "
+            f"{len(changes.removed)} removed, {len(changes.unchanged)} unchanged",
+        )
+
+    sys.exit(
+        stack.run(
+            prepare=sync_schedule if scheduler else None,
+            on_ready=(lambda: run_demo(stack)) if with_demo else None,
+        )
+    )
 
 
 @cli.command("redis")

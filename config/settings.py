@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from config.errors import ConfigError
 
@@ -74,6 +75,15 @@ class Settings:
     cache_targets: dict[str, dict[str, Any]] = dataclasses.field(
         default_factory=lambda: {"thumbnails": {"kind": "disk", "max_age_days": 90, "max_size_mb": 2048}}
     )
+    schedule: dict[str, dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: {
+            "expire-sessions": {"job": "expire-sessions", "cron": "0 * * * *", "description": "hourly"},
+            "sweep-caches": {"job": "sweep-cache", "cron": "30 3 * * *", "description": "nightly"},
+            "word-count-comment": {"job": "word-count", "args": ["comment"], "every": 600},
+            "word-count-article": {"job": "word-count", "args": ["article"], "every": 600},
+        }
+    )
+    schedule_timezone: str = "UTC"  # cron entries are read in this zone, whatever the host's TZ
     # Secrets: environment only, never read from the TOML file.
     dashboard_username: str = ""
     dashboard_password: str = ""
@@ -262,6 +272,11 @@ def validate(settings: Settings) -> None:
         ("api_max_body_kb", settings.api_max_body_kb > 0, "positive"),
         ("api_store_ttl", settings.api_store_ttl > 0, "positive"),
         ("maintenance_batch_size", settings.maintenance_batch_size > 0, "positive"),
+        (
+            "schedule_timezone",
+            known_zone(settings.schedule_timezone),
+            "an IANA time zone like UTC or Europe/Paris",
+        ),
         ("maintenance_lock_seconds", settings.maintenance_lock_seconds > 0, "positive"),
         (
             "api_rate_limits",
@@ -274,6 +289,14 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"{env_names(name)[0]}: must be {expected}, got {getattr(settings, name)!r}")
     if bool(settings.dashboard_username) != bool(settings.dashboard_password):
         raise ConfigError("RQKIT_DASHBOARD_USERNAME and RQKIT_DASHBOARD_PASSWORD go together")
+
+
+def known_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+        return True
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
 
 
 @cache

@@ -190,6 +190,7 @@ def submit(
     at_front: bool = False,
     at: datetime | None = None,
     connection: Redis | None = None,
+    timeout: int | None = None,
 ) -> Submission:
     """Check the job and its arguments, then put it on its queue (or schedule it `at` a time)."""
     spec = get_spec(name)
@@ -199,7 +200,10 @@ def submit(
     check_queue(queue_name)
     connection = connection or redis_client()
     rq_queue = Queue(queue_name, connection=connection)
-    job = rq_queue.create_job(spec.func, args=args, kwargs=kwargs, **spec.job_options(args, kwargs))
+    options = spec.job_options(args, kwargs)
+    if timeout is not None:
+        options["timeout"] = timeout
+    job = rq_queue.create_job(spec.func, args=args, kwargs=kwargs, **options)
     when = at.astimezone(UTC) if at else None
     try:
         if spec.unique:

@@ -53,8 +53,11 @@ class Stack:
             self.out.write(f"{name:<10}| {line}\n")
             self.out.flush()
 
-    def run(self, on_ready: Callable[[], None] | None = None) -> int:
-        """Bring everything up, wait for Ctrl-C, SIGTERM or a child's death, then stop all; the exit code."""
+    def run(
+        self, prepare: Callable[[], None] | None = None, on_ready: Callable[[], None] | None = None
+    ) -> int:
+        """Bring everything up, wait for Ctrl-C, SIGTERM or a child's death, then stop all; the exit code.
+        `prepare` runs once Redis answers, before any other part starts (`up` syncs the schedule)."""
         if self.with_dashboard:
             check_dashboard_address(self.settings)
         if self.with_mail:
@@ -62,6 +65,8 @@ class Stack:
         previous = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.start_redis()
+            if prepare:
+                prepare()
             self.start_children()
             self.print_summary()
             if on_ready:
