@@ -182,7 +182,10 @@ def convert(name: str, raw: Any, source: str) -> Any:
     kind = str(FIELDS[name].type)
     try:
         if kind == "dict[str, dict[str, Any]]":
-            table = json.loads(raw) if isinstance(raw, str) else raw
+            try:
+                table = json.loads(raw, object_pairs_hook=unique_keys) if isinstance(raw, str) else raw
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {exc}") from None
             if isinstance(table, dict) and all(isinstance(entry, dict) for entry in table.values()):
                 return table
             raise ValueError(raw)
@@ -207,6 +210,15 @@ def convert(name: str, raw: Any, source: str) -> Any:
         "dict[str, dict[str, Any]]": "tables of name = {field = value} (JSON in the environment)",
     }
     raise ConfigError(f"{source}: expected {expected.get(kind, kind)}, got {raw!r}")
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused if a name appears twice (json.loads would keep the last silently)."""
+    names = [name for name, _ in pairs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given twice")
+    return dict(pairs)
 
 
 def validate(settings: Settings) -> None:

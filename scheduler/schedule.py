@@ -72,7 +72,7 @@ def parse_entry(name: str, raw: dict[str, Any]) -> Entry:
     unknown = set(raw) - FIELDS
     if unknown:
         raise fail(f"unknown field(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(FIELDS))})")
-    if bool(raw.get("cron")) == bool(raw.get("every")):
+    if ("cron" in raw) == ("every" in raw):
         raise fail("give exactly one of cron (5 fields) or every (an interval)")
     cron = raw.get("cron")
     if cron is not None and (

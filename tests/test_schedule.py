@@ -1,0 +1,255 @@
+"""The schedule: validation, due times in any zone, idempotent sync, and real rqscheduler runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from redis import Redis
+from rq.job import Job
+from rq_scheduler import Scheduler
+
+from config import ConfigError, get_settings, load_settings
+from scheduler import periodic
+from scheduler.schedule import Entry, load_schedule
+from tests.support import start_python
+
+pytestmark = pytest.mark.slow
+
+
+def configure(monkeypatch: pytest.MonkeyPatch, **entries: dict[str, Any]) -> None:
+    monkeypatch.setenv("RQKIT_SCHEDULE", json.dumps(entries))
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"job": "sleep", "args": [0], "cron": "61 * * * *"}, "bad cron string '61 \\* \\* \\* \\*'"),
+        ({"job": "sleep", "args": [0], "cron": "* * * *"}, "bad cron string"),
+        ({"job": "nope", "every": 60}, "unknown job 'nope'"),
+        ({"job": "sleep", "args": [0], "every": 0}, "every must be a positive whole number"),
+        ({"job": "sleep", "args": [0], "every": -5}, "every must be a positive whole number"),
+        ({"job": "sleep", "args": [0], "every": "soon"}, "every must be seconds or like 10m"),
+        ({"job": "sleep", "args": [0], "every": 60, "cron": "* * * * *"}, "give exactly one of cron"),
+        ({"job": "sleep", "args": [0]}, "give exactly one of cron"),
+        ({"job": "sleep", "args": [-1], "every": 60}, "sleep: SECONDS must be a number"),
+        ({"job": "sleep", "args": [0], "every": 60, "queue": "nope"}, "queue 'nope' is not configured"),
+        ({"job": "sleep", "args": [0], "every": 60, "often": True}, "unknown field\\(s\\) often"),
+        ({"job": "sleep", "args": [0], "every": 60, "timeout": 0}, "timeout must be a positive"),
+    ],
+)
+def test_each_validation_error_names_the_entry(raw: dict[str, Any], message: str) -> None:
+    settings = load_settings({"RQKIT_CONFIG": "", "RQKIT_SCHEDULE": json.dumps({"nightly": raw})})
+    with pytest.raises(ConfigError, match=f"schedule entry 'nightly': {message}"):
+        load_schedule(settings)
+
+
+def test_arguments_that_are_not_json_and_duplicate_names_are_refused(tmp_path: Any) -> None:
+    toml = tmp_path / "settings.toml"
+    toml.write_text('[schedule.report]\njob = "sleep"\nargs = [1979-05-27T07:32:00Z]\nevery = 60\n')
+    with pytest.raises(ConfigError, match="schedule entry 'report': args: datetime is not a JSON type"):
+        load_schedule(load_settings({"RQKIT_CONFIG": str(toml)}))
+    twice = '{"a": {"job": "sleep", "args": [0], "every": 1}, "a": {"job": "sleep", "args": [0], "every": 2}}'
+    with pytest.raises(ConfigError, match="RQKIT_SCHEDULE: a given twice"):
+        load_settings({"RQKIT_CONFIG": "", "RQKIT_SCHEDULE": twice})
+
+
+def test_the_default_schedule_is_valid_and_sensible() -> None:
+    entries = {entry.name: entry for entry in load_schedule(load_settings({"RQKIT_CONFIG": ""}))}
+    assert entries["expire-sessions"].cron == "0 * * * *"
+    assert entries["sweep-caches"].cron == "30 3 * * *"
+    assert entries["word-count-comment"].every == entries["word-count-article"].every == 600
+
+
+@pytest.mark.parametrize("host_zone", ["UTC", "America/New_York", "Asia/Tokyo"])
+def test_cron_times_follow_the_schedule_zone_whatever_the_hosts(host_zone: str) -> None:
+    previous = os.environ.get("TZ")
+    os.environ["TZ"] = host_zone
+    time.tzset()
+    try:
+        entry = Entry("report", "sleep", [0], cron="30 9 * * *")
+        after = datetime(2026, 3, 7, 16, 0, tzinfo=UTC)  # 11:00 in New York; its clocks go forward overnight
+        assert entry.next_due(after, ZoneInfo("America/New_York")) == datetime(
+            2026, 3, 8, 13, 30, tzinfo=UTC
+        )  # EDT
+        assert entry.next_due(after, ZoneInfo("UTC")) == datetime(2026, 3, 8, 9, 30, tzinfo=UTC)
+        every = Entry("tick", "sleep", [0], every=600)
+        assert every.next_due(after + timedelta(seconds=1), ZoneInfo("UTC")) == after + timedelta(minutes=10)
+    finally:
+        if previous is None:
+            os.environ.pop("TZ")
+        else:
+            os.environ["TZ"] = previous
+        time.tzset()
+
+
+def scheduled_ids(connection: Redis) -> list[str]:
+    return sorted(member.decode() for member in connection.zrange(Scheduler.scheduled_jobs_key, 0, -1))
+
+
+def test_sync_is_idempotent_updates_in_place_and_leaves_other_jobs_alone(
+    monkeypatch: pytest.MonkeyPatch, connection: Redis
+) -> None:
+    foreign = Scheduler(connection=connection).enqueue_at(
+        datetime.now(UTC) + timedelta(hours=1), "jobs.demo.sleep", 0
+    )
+    configure(
+        monkeypatch,
+        a={"job": "sleep", "args": [0], "every": 3600},
+        b={"job": "sleep", "args": [1], "cron": "0 4 * * *"},
+    )
+    first = periodic.sync()
+    assert (sorted(first.added), first.updated, first.removed) == (["a", "b"], [], [])
+    ids = scheduled_ids(connection)
+    assert len(ids) == 3 and foreign.id in ids
+    again = periodic.sync()
+    assert (again.added, again.updated, again.removed, sorted(again.unchanged)) == ([], [], [], ["a", "b"])
+    assert scheduled_ids(connection) == ids
+
+    configure(monkeypatch, a={"job": "sleep", "args": [2], "every": 3600})
+    edited = periodic.sync()
+    assert (edited.updated, edited.removed) == (["a"], ["b"])
+    after = scheduled_ids(connection)
+    assert len(after) == 2 and foreign.id in after
+    [trigger] = [job_id for job_id in after if job_id.startswith("rqkit-schedule-a-")]
+    assert json.loads(connection.hget(periodic.ENTRIES, "a") or b"")["args"] == [2]
+    assert Job.fetch(trigger, connection=connection).args[0] == "a"
+
+    assert periodic.clear() == ["a"]
+    assert scheduled_ids(connection) == [foreign.id]
+
+
+def test_an_invalid_schedule_changes_nothing(monkeypatch: pytest.MonkeyPatch, connection: Redis) -> None:
+    configure(monkeypatch, a={"job": "sleep", "args": [0], "every": 3600})
+    periodic.sync()
+    before = scheduled_ids(connection)
+    configure(monkeypatch, a={"job": "sleep", "args": [0], "every": 60}, b={"job": "sleep", "cron": "bad"})
+    with pytest.raises(ConfigError, match="schedule entry 'b'"):
+        periodic.sync()
+    assert scheduled_ids(connection) == before
+
+
+@pytest.fixture
+def processes() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start `python ARGS` processes (rqscheduler, rq worker) that are stopped at the end of the test."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        process = start_python(
+            *args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+RQSCHEDULER = ("-m", "rq_scheduler.scripts.rqscheduler", "-i", "1")
+WORKER = ("-m", "rq.cli", "worker", "-c", "config.rq", "default")
+
+
+def fired(connection: Redis, name: str) -> list[int]:
+    """The due times (epoch seconds) an entry's triggers claimed."""
+    return sorted(
+        int(key.decode().rsplit(":", 1)[1]) for key in connection.scan_iter(f"rqkit:schedule:fired:{name}:*")
+    )
+
+
+def test_two_schedulers_enqueue_each_due_run_exactly_once(
+    monkeypatch: pytest.MonkeyPatch, connection: Redis, processes: Any
+) -> None:
+    configure(monkeypatch, tick={"job": "sleep", "args": [0], "every": 2})
+    periodic.sync()
+    processes(*RQSCHEDULER)
+    processes(*RQSCHEDULER)
+    processes(*WORKER)
+    time.sleep(10.5)  # the schedule itself is what is tested: five due times pass
+    dues = fired(connection, "tick")
+    assert len(dues) >= 4
+    assert dues == list(range(dues[0], dues[0] + 2 * len(dues), 2))  # every due time, each once
+    state = connection.hgetall(periodic.state_key("tick"))
+    finished = connection.zcard("rq:finished:default")
+    assert finished in (len(dues), len(dues) - 1)  # the last may still be running
+    assert b"skipped" not in state
+
+
+def test_after_downtime_missed_runs_collapse_into_one(
+    monkeypatch: pytest.MonkeyPatch, connection: Redis, processes: Any
+) -> None:
+    configure(monkeypatch, tick={"job": "sleep", "args": [0], "every": 2})
+    periodic.sync()
+    time.sleep(7)  # no scheduler: three due times pass unserved
+    processes(*RQSCHEDULER)
+    processes(*WORKER)
+    deadline = time.monotonic() + 10
+    while not fired(connection, "tick") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    dues = fired(connection, "tick")
+    assert len(dues) == 1  # one catch-up run, not a burst of three
+    upcoming = (connection.get(periodic.next_key("tick")) or b"").decode()
+    assert int(upcoming.rsplit("-", 1)[1]) > time.time() - 1  # the next one is on the grid after now
+
+
+def test_a_slow_job_is_not_piled_on(
+    monkeypatch: pytest.MonkeyPatch, connection: Redis, processes: Any
+) -> None:
+    configure(monkeypatch, slow={"job": "sleep", "args": [3], "every": 1})
+    periodic.sync()
+    processes(*RQSCHEDULER)
+    processes(*WORKER)
+    processes(*WORKER)
+    time.sleep(7)
+    state = {k.decode(): v.decode() for k, v in connection.hgetall(periodic.state_key("slow")).items()}
+    assert int(state["skipped"]) >= 3
+    started = connection.zcard("rq:wip:default") + connection.zcard("rq:finished:default")
+    assert started <= 3  # one run at a time: about 7 s of 3 s runs
+
+
+def test_a_cron_entry_fires_on_time_whatever_the_hosts_zone(
+    monkeypatch: pytest.MonkeyPatch, connection: Redis, processes: Any, redis_server: Any
+) -> None:
+    """Three stacks on three databases, their processes in UTC, New York and Tokyo time."""
+    zones, results = ["UTC", "America/New_York", "Asia/Tokyo"], {}
+    now = datetime.now(ZoneInfo("Europe/Paris"))
+    if now.second > 50:  # too close to the minute boundary for the sync to land before it
+        time.sleep(61 - now.second)
+        now = datetime.now(ZoneInfo("Europe/Paris"))
+    due = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    cron = f"{due.minute} {due.hour} * * *"
+    for db, zone in enumerate(zones, start=1):
+        url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
+        client = Redis.from_url(url)
+        client.flushdb()
+        env = {
+            "REDIS_URL": url,
+            "RQ_REDIS_URL": url,
+            "TZ": zone,
+            "RQKIT_SCHEDULE_TIMEZONE": "Europe/Paris",
+            "RQKIT_SCHEDULE": json.dumps({"report": {"job": "sleep", "args": [0], "cron": cron}}),
+        }
+        settings = load_settings({**os.environ, **env})
+        periodic.sync(settings, client)
+        processes(*RQSCHEDULER, env=env)
+        processes(*WORKER, env=env)
+        results[zone] = client
+    deadline = time.monotonic() + 75
+    while time.monotonic() < deadline and not all(c.zcard("rq:finished:default") for c in results.values()):
+        time.sleep(0.2)
+    for zone, client in results.items():
+        [job_id] = [j.decode() for j in client.zrange("rq:finished:default", 0, -1)]
+        enqueued = Job.fetch(job_id, connection=client).enqueued_at
+        assert enqueued is not None
+        delay = (enqueued - due.astimezone(UTC)).total_seconds()
+        assert 0 <= delay < 3, (zone, delay)
