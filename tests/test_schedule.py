@@ -143,6 +143,7 @@ def processes() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        env = {"RQ_REDIS_URL": os.environ["REDIS_URL"], **(env or {})}  # what the bare rqscheduler reads
         process = start_python(
             *args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
@@ -166,6 +167,13 @@ def fired(connection: Redis, name: str) -> list[int]:
     )
 
 
+def real_runs(connection: Redis) -> list[Job]:
+    """The entry's own jobs (sleep) that started or finished on `default`, not the triggers beside them."""
+    ids = connection.zrange("rq:finished:default", 0, -1) + connection.zrange("rq:wip:default", 0, -1)
+    jobs = [Job.fetch(job_id.decode(), connection=connection) for job_id in ids]
+    return [job for job in jobs if job.func_name == "jobs.demo.sleep"]
+
+
 def test_two_schedulers_enqueue_each_due_run_exactly_once(
     monkeypatch: pytest.MonkeyPatch, connection: Redis, processes: Any
 ) -> None:
@@ -178,10 +186,8 @@ def test_two_schedulers_enqueue_each_due_run_exactly_once(
     dues = fired(connection, "tick")
     assert len(dues) >= 4
     assert dues == list(range(dues[0], dues[0] + 2 * len(dues), 2))  # every due time, each once
-    state = connection.hgetall(periodic.state_key("tick"))
-    finished = connection.zcard("rq:finished:default")
-    assert finished in (len(dues), len(dues) - 1)  # the last may still be running
-    assert b"skipped" not in state
+    assert len(real_runs(connection)) in (len(dues), len(dues) - 1)  # the last may not have started yet
+    assert b"skipped" not in connection.hgetall(periodic.state_key("tick"))
 
 
 def test_after_downtime_missed_runs_collapse_into_one(
@@ -190,16 +196,13 @@ def test_after_downtime_missed_runs_collapse_into_one(
     configure(monkeypatch, tick={"job": "sleep", "args": [0], "every": 2})
     periodic.sync()
     time.sleep(7)  # no scheduler: three due times pass unserved
+    restarted = time.time()
     processes(*RQSCHEDULER)
     processes(*WORKER)
-    deadline = time.monotonic() + 10
-    while not fired(connection, "tick") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)
+    time.sleep(5)
     dues = fired(connection, "tick")
-    assert len(dues) == 1  # one catch-up run, not a burst of three
-    upcoming = (connection.get(periodic.next_key("tick")) or b"").decode()
-    assert int(upcoming.rsplit("-", 1)[1]) > time.time() - 1  # the next one is on the grid after now
+    assert len([due for due in dues if due < restarted]) == 1  # one catch-up run, not a burst of three
+    assert all(due % 2 == 0 for due in dues) and len(dues) >= 2  # then back on the grid, after now
 
 
 def test_a_slow_job_is_not_piled_on(
@@ -213,8 +216,14 @@ def test_a_slow_job_is_not_piled_on(
     time.sleep(7)
     state = {k.decode(): v.decode() for k, v in connection.hgetall(periodic.state_key("slow")).items()}
     assert int(state["skipped"]) >= 3
-    started = connection.zcard("rq:wip:default") + connection.zcard("rq:finished:default")
-    assert started <= 3  # one run at a time: about 7 s of 3 s runs
+    runs = sorted(real_runs(connection), key=lambda job: job.started_at or datetime.max.replace(tzinfo=UTC))
+    assert 1 <= len(runs) <= 3  # one run at a time: about 7 s of 3 s runs
+    for earlier, later in zip(runs, runs[1:], strict=False):
+        assert (
+            earlier.ended_at is not None
+            and later.started_at is not None
+            and later.started_at >= earlier.ended_at
+        )
 
 
 def test_a_cron_entry_fires_on_time_whatever_the_hosts_zone(
