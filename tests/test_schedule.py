@@ -262,3 +262,29 @@ def test_a_cron_entry_fires_on_time_whatever_the_hosts_zone(
         assert enqueued is not None
         delay = (enqueued - due.astimezone(UTC)).total_seconds()
         assert 0 <= delay < 3, (zone, delay)
+
+
+def test_list_shows_next_and_last_runs_and_run_enqueues_one_now(
+    monkeypatch: pytest.MonkeyPatch, connection: Redis, run_jobs: Any
+) -> None:
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    monkeypatch.setenv("RQKIT_SCHEDULE_TIMEZONE", "Asia/Tokyo")
+    configure(
+        monkeypatch,
+        daily={"job": "sleep", "args": [0], "cron": "0 9 * * *"},
+        off={"job": "sleep", "args": [0], "every": 60, "enabled": False},
+    )
+    runner = CliRunner()
+    assert runner.invoke(cli, ["schedule", "sync"]).exit_code == 0
+    rows = {row["name"]: row for row in json.loads(runner.invoke(cli, ["schedule", "list", "--json"]).stdout)}
+    assert rows["daily"]["next_run"].endswith("T09:00:00+09:00") and rows["daily"]["last_outcome"] is None
+    assert rows["off"]["next_run"] is None and not rows["off"]["enabled"]
+    ran = runner.invoke(cli, ["schedule", "run", "daily", "--json"])
+    assert ran.exit_code == 0, ran.output
+    run_jobs()
+    rows = {row["name"]: row for row in json.loads(runner.invoke(cli, ["schedule", "list", "--json"]).stdout)}
+    assert rows["daily"]["last_outcome"] == "finished"
+    assert runner.invoke(cli, ["schedule", "run", "nope"]).exit_code == 2
