@@ -67,7 +67,6 @@ class Settings:
     api_store_ttl: int = 3600
     api_rate_limits: tuple[str, ...] = ()  # "host=10/s" or "host=600/m", shared by every worker
     maintenance_batch_size: int = 1000
-    maintenance_lock_seconds: int = 3600
     # Tables in the TOML file, JSON in the environment; see jobs/maintenance.py for the fields.
     session_stores: dict[str, dict[str, Any]] = dataclasses.field(
         default_factory=lambda: {"default": {"kind": "sql", "preset": "django"}}
@@ -289,7 +288,6 @@ def validate(settings: Settings) -> None:
             known_zone(settings.schedule_timezone),
             "an IANA time zone like UTC or Europe/Paris",
         ),
-        ("maintenance_lock_seconds", settings.maintenance_lock_seconds > 0, "positive"),
         (
             "api_rate_limits",
             all(RATE_LIMIT.match(entry) for entry in settings.api_rate_limits),

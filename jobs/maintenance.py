@@ -16,7 +16,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -33,6 +32,7 @@ from jobs.content import database_engine
 from jobs.errors import JobInputError
 from jobs.failure_policy import retry_only_transient
 from jobs.images import TEMP_PREFIX
+from jobs.locks import exclusive
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +41,37 @@ PRESETS: dict[str, dict[str, Any]] = {
     "rails": {"table": "sessions", "key_column": "id", "updated_column": "updated_at", "max_age": 14 * 86400},
     "flask": {"table": "sessions", "key_column": "id", "expiry_column": "expiry"},
 }
-RESERVED_PATTERNS = ("rq:", "rqkit:")  # a cache sweep must never touch the queues' own keys
+RESERVED = (b"rq:", b"rqkit:")  # the queues' and the toolkit's own keys: never swept
+JOB_TIMEOUT = 3 * 3600
+LOCK_SECONDS = JOB_TIMEOUT + 600  # outlasts the job, so two runs never overlap
 
-RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+# Deletes a session only if it is still expired when its turn comes (the app may have renewed it).
+EXPIRE_BY_INDEX = """
+local deleted = 0
+for i, id in ipairs(ARGV) do
+  if i > 2 then
+    local score = redis.call('ZSCORE', KEYS[1], id)
+    if score and tonumber(score) <= tonumber(ARGV[2]) then
+      redis.call('UNLINK', ARGV[1] .. id)
+      redis.call('ZREM', KEYS[1], id)
+      deleted = deleted + 1
+    end
+  end
+end
+return deleted
+"""
+EXPIRE_BY_FIELD = """
+local deleted = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('TYPE', key).ok == 'hash' then
+    local expiry = tonumber(redis.call('HGET', key, ARGV[1]))
+    if expiry and expiry < tonumber(ARGV[2]) then
+      redis.call('UNLINK', key)
+      deleted = deleted + 1
+    end
+  end
+end
+return deleted
 """
 
 
@@ -104,7 +130,7 @@ def expire_sessions(store: str = "default", dry_run: bool = False) -> dict[str, 
     """Job: delete the expired sessions of one store, in batches."""
     settings = get_settings()
     config = entry("session store", store, settings.session_stores)
-    with exclusive(f"expire-sessions:{store}", settings) as acquired:
+    with exclusive(redis_client(settings), f"rqkit:lock:expire-sessions:{store}", LOCK_SECONDS) as acquired:
         if not acquired:
             return {"target": store, "status": "already running"}
         report = Report(store, dry_run)
@@ -128,7 +154,7 @@ def sweep_cache(target: str | None = None, dry_run: bool = False) -> dict[str, A
 
 def sweep_one(name: str, settings: Settings, dry_run: bool) -> dict[str, Any]:
     config = entry("cache target", name, settings.cache_targets)
-    with exclusive(f"sweep-cache:{name}", settings) as acquired:
+    with exclusive(redis_client(settings), f"rqkit:lock:sweep-cache:{name}", LOCK_SECONDS) as acquired:
         if not acquired:
             return {"target": name, "status": "already running"}
         report = Report(name, dry_run)
@@ -141,18 +167,6 @@ def sweep_one(name: str, settings: Settings, dry_run: bool) -> dict[str, Any]:
         report.seconds = time.perf_counter() - start
     logger.info("cache %s: %d of %d deleted", name, report.deleted, report.examined)
     return {**report.as_dict(), "status": "dry run" if dry_run else "done"}
-
-
-@contextmanager
-def exclusive(name: str, settings: Settings) -> Iterator[bool]:
-    """A Redis lock so that two runs of the same sweep never overlap; yields whether we hold it."""
-    connection, key, token = redis_client(settings), f"rqkit:lock:{name}", os.urandom(8).hex()
-    acquired = bool(connection.set(key, token, nx=True, ex=settings.maintenance_lock_seconds))
-    try:
-        yield acquired
-    finally:
-        if acquired:
-            connection.eval(RELEASE_LOCK, 1, key, token)
 
 
 def sql_rule(config: dict[str, Any]) -> dict[str, Any]:
@@ -194,19 +208,20 @@ def expire_sql_sessions(
             return
     while True:
         with engine.begin() as conn:
-            keys = report.timed(lambda: delete_batch(conn, table, key, expired, batch))
+            found, deleted = report.timed(lambda: delete_batch(conn, table, key, expired, batch))
         report.batches += 1
-        report.examined += len(keys)
-        report.deleted += len(keys)
-        if len(keys) < batch:
+        report.examined += found
+        report.deleted += deleted
+        if found < batch:
             return
 
 
-def delete_batch(conn: Any, table: Table, key: Any, expired: Any, batch: int) -> list[Any]:
+def delete_batch(conn: Any, table: Table, key: Any, expired: Any, batch: int) -> tuple[int, int]:
+    """Rows found and rows deleted: the delete repeats the rule, so a session renewed meanwhile stays."""
     keys = list(conn.execute(select(key).where(expired).limit(batch)).scalars())  # no ORDER BY: index scan
-    if keys:
-        conn.execute(delete(table).where(key.in_(keys)))
-    return keys
+    if not keys:
+        return 0, 0
+    return len(keys), conn.execute(delete(table).where(key.in_(keys)).where(expired)).rowcount
 
 
 def reflect(engine: Engine, name: str) -> Table:
@@ -227,8 +242,8 @@ def column(table: Table, name: str) -> Any:
 def expire_redis_sessions(config: dict[str, Any], connection: Redis, batch: int, report: Report) -> None:
     """Sessions under `prefix` without a TTL: found through an expiry index, or by an expiry field."""
     prefix, now = str(config.get("prefix") or ""), time.time()
-    if not prefix:
-        raise ConfigError("session store: a redis store needs a prefix")
+    if not prefix or prefix.encode().startswith(RESERVED):
+        raise ConfigError(f"session store: a redis store needs a prefix of its own, got {prefix!r}")
     if config.get("index"):
         expire_by_index(connection, str(config["index"]), prefix, now, batch, report)
     elif config.get("expiry_field"):
@@ -249,35 +264,45 @@ def expire_by_index(
         report.batches += 1
         if report.dry_run:
             start += len(ids)
+            report.deleted += len(ids)
             continue
-        with connection.pipeline(transaction=False) as pipe:
-            pipe.unlink(*(prefix.encode() + session for session in ids))
-            pipe.zrem(index, *ids)
-            report.timed(pipe.execute)
-        report.deleted += len(ids)
+        report.deleted += report.timed(partial(connection.eval, EXPIRE_BY_INDEX, 1, index, prefix, now, *ids))
 
 
 def expire_by_field(
     connection: Redis, field: str, prefix: str, now: float, batch: int, report: Report
 ) -> None:
+    """Hashes whose expiry field is past; other types and unreadable fields are left alone."""
     for keys in scan_batches(connection, f"{prefix}*", batch, report):
-        with connection.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hget(key, field)
-            values = report.timed(pipe.execute)
-        expired = [
-            key for key, value in zip(keys, values, strict=True) if value is not None and float(value) < now
-        ]
-        delete_keys(connection, expired, report)
+        if report.dry_run:
+            with connection.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hget(key, field)
+                values = report.timed(partial(pipe.execute, raise_on_error=False))
+            report.deleted += sum(1 for value in values if is_past(value, now))
+        else:
+            report.deleted += report.timed(
+                partial(connection.eval, EXPIRE_BY_FIELD, len(keys), *keys, field, now)
+            )
+
+
+def is_past(value: Any, now: float) -> bool:
+    try:
+        return value is not None and not isinstance(value, Exception) and float(value) < now
+    except ValueError:
+        return False
 
 
 def sweep_redis(config: dict[str, Any], connection: Redis, batch: int, report: Report) -> None:
     """Keys matching `pattern` with no TTL (`no_ttl`) or idle longer than `max_idle_seconds`: UNLINK."""
     pattern = str(config.get("pattern") or "")
-    if not pattern or pattern.startswith(RESERVED_PATTERNS) or pattern in ("*", "r*", "rq*"):
+    if not pattern or pattern.encode().startswith(RESERVED):
         raise ConfigError(f"cache target: pattern {pattern!r} would reach the queues' own keys")
     no_ttl, max_idle = bool(config.get("no_ttl")), config.get("max_idle_seconds")
-    for keys in scan_batches(connection, pattern, batch, report):
+    for found in scan_batches(connection, pattern, batch, report):
+        keys = [key for key in found if not key.startswith(RESERVED)]  # whatever the pattern matched
+        if not keys:
+            continue
         with connection.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.ttl(key)
@@ -325,7 +350,10 @@ def sweep_disk(root: Path, config: dict[str, Any], report: Report, now: float) -
             path = Path(folder) / name
             if name.startswith(TEMP_PREFIX) or path.is_symlink():
                 continue
-            info = path.stat()
+            try:
+                info = path.stat()
+            except FileNotFoundError:  # gone meanwhile (a thumbnail job replaced it)
+                continue
             report.examined += 1
             if max_age and now - info.st_mtime > max_age:
                 remove(path, info.st_size, report)
@@ -353,7 +381,10 @@ def remove_empty_folders(root: Path) -> int:
     removed = 0
     for folder, _, _ in os.walk(root, topdown=False, followlinks=False):
         path = Path(folder)
-        if path != root and not path.is_symlink() and not any(path.iterdir()):
-            path.rmdir()
-            removed += 1
+        try:
+            if path != root and not path.is_symlink() and not any(path.iterdir()):
+                path.rmdir()
+                removed += 1
+        except OSError:  # filled or removed meanwhile: a thumbnail job is writing there
+            continue
     return removed

@@ -137,7 +137,7 @@ JOBS: dict[str, JobSpec] = {
             maintenance.expire_sessions,
             queue="maintenance",
             description="Delete the expired sessions of a store (settings: session_stores), in batches",
-            timeout=3 * 3600,
+            timeout=maintenance.JOB_TIMEOUT,
             check=maintenance.check_expire,
         ),
         JobSpec(
@@ -145,7 +145,7 @@ JOBS: dict[str, JobSpec] = {
             maintenance.sweep_cache,
             queue="maintenance",
             description="Sweep cache TARGET or all (settings: cache_targets) of old, idle or excess entries",
-            timeout=3 * 3600,
+            timeout=maintenance.JOB_TIMEOUT,
             check=maintenance.check_sweep,
         ),
         JobSpec(

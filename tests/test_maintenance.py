@@ -338,3 +338,27 @@ def test_redis_sweep_by_idle_time(monkeypatch: pytest.MonkeyPatch, connection: R
     )
     assert sweep_cache("c")["targets"][0]["deleted"] == 2
     assert sorted(connection.scan_iter("cache:*")) == [b"cache:read"]
+
+
+def test_a_broad_pattern_never_reaches_the_queues_or_the_toolkits_keys(
+    monkeypatch: pytest.MonkeyPatch, connection: Redis
+) -> None:
+    job = enqueue("sleep", 0)
+    connection.set("rqkit:email:sent:abc", "{}")
+    connection.set("page:1", "cached")
+    monkeypatch.setenv(
+        "RQKIT_CACHE_TARGETS", json.dumps({"all": {"kind": "redis", "pattern": "*:*", "no_ttl": True}})
+    )
+    assert sweep_cache("all")["targets"][0]["deleted"] == 1
+    assert connection.exists(job.key, "rq:queue:default", "rqkit:email:sent:abc") == 3
+    assert not connection.exists("page:1")
+
+
+def test_odd_keys_under_a_session_prefix_are_left_alone(stores: Any, connection: Redis) -> None:
+    past = datetime.now(UTC).timestamp() - 60
+    connection.hset("sess:old", mapping={"expires": past})
+    connection.hset("sess:garbled", mapping={"expires": "soon"})
+    connection.set("sess:count", 7)
+    stores(cache={"kind": "redis", "prefix": "sess:", "expiry_field": "expires"})
+    assert expire_sessions("cache")["deleted"] == 1
+    assert sorted(connection.scan_iter("sess:*")) == [b"sess:count", b"sess:garbled"]
