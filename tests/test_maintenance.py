@@ -343,12 +343,12 @@ def test_redis_sweep_by_idle_time(monkeypatch: pytest.MonkeyPatch, connection: R
 def test_a_broad_pattern_never_reaches_the_queues_or_the_toolkits_keys(
     monkeypatch: pytest.MonkeyPatch, connection: Redis
 ) -> None:
-    job = enqueue("sleep", 0)
-    connection.set("rqkit:email:sent:abc", "{}")
-    connection.set("page:1", "cached")
     monkeypatch.setenv(
         "RQKIT_CACHE_TARGETS", json.dumps({"all": {"kind": "redis", "pattern": "*:*", "no_ttl": True}})
     )
+    job = enqueue("sleep", 0)
+    connection.set("rqkit:email:sent:abc", "{}")
+    connection.set("page:1", "cached")
     assert sweep_cache("all")["targets"][0]["deleted"] == 1
     assert connection.exists(job.key, "rq:queue:default", "rqkit:email:sent:abc") == 3
     assert not connection.exists("page:1")
