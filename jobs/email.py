@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import mimetypes
+import os
 import re
 import smtplib
 import ssl
@@ -32,11 +33,14 @@ from config import Settings, get_settings, redis_client
 from config.settings import PROJECT_ROOT
 from jobs.errors import JobInputError, RejectedError, UpstreamError
 from jobs.failure_policy import retry_only_transient
+from jobs.locks import RELEASE
 from jobs.media import inside_media_root
 
 logger = logging.getLogger(__name__)
 
 TEMPLATES = PROJECT_ROOT / "templates" / "email"
+JOB_TIMEOUT = 300
+LOCK_SECONDS = JOB_TIMEOUT + 60  # outlasts the job: no second sender while this one may still send
 TEMPLATE_NAME = re.compile(r"^[a-z0-9_-]+$")
 Reply = tuple[int, str]
 
@@ -198,7 +202,9 @@ def render_template(name: str, context: dict[str, Any]) -> dict[str, str | None]
 def derived_key(draft: Draft, template: str | None, context: dict[str, Any] | None) -> str:
     """A key from the content and the recipients: the same message to the same people is one message."""
     content = [draft.to, draft.cc, draft.bcc, draft.subject, draft.text, draft.html, template, context]
-    content.append([str(path) for path in draft.attachments])
+    content.append(
+        [hashlib.sha256(path.read_bytes()).hexdigest() for path in draft.attachments]
+    )  # content, not name
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -236,11 +242,11 @@ def deliver_once(
     draft: Draft, message: EmailMessage, connection: Redis, settings: Settings
 ) -> dict[str, Any]:
     """Send to the recipients not yet accepted for this key; remember who accepted, and that it is sent."""
-    key = digest(draft.key)
+    key, token = digest(draft.key), os.urandom(8).hex()
     sent, accepted_set, lock = (f"rqkit:email:{part}:{key}" for part in ("sent", "accepted", "lock"))
     with connection.pipeline(transaction=False) as pipe:  # one round trip to claim the key
         pipe.get(sent)
-        pipe.set(lock, "1", nx=True, ex=int(settings.smtp_timeout * 4) + 60)
+        pipe.set(lock, token, nx=True, ex=LOCK_SECONDS)
         pipe.smembers(accepted_set)
         previous, locked, members = pipe.execute()
     if not locked:
@@ -265,7 +271,7 @@ def deliver_once(
             raise RejectedError(f"email: refused {describe_refusals(refused)}{delivered}")
         return {**record, "status": "sent"}
     finally:
-        connection.delete(lock)
+        connection.eval(RELEASE, 1, lock, token)  # only our own lock, never one that expired and moved on
 
 
 def remember(
@@ -296,8 +302,11 @@ def send(message: EmailMessage, recipients: list[str], settings: Settings) -> di
     host, port, security = settings.smtp_server
     sender = parseaddr(settings.email_sender)[1]
     try:
-        with connect(host, port, security, settings) as client:
+        client = connect(host, port, security, settings)
+        try:
             refused = client.send_message(message, from_addr=sender, to_addrs=recipients)
+        finally:
+            hang_up(client)
     except smtplib.SMTPRecipientsRefused as exc:
         refused = exc.recipients  # every one refused: each with its own reply
     except smtplib.SMTPResponseException as exc:
@@ -311,6 +320,14 @@ def send(message: EmailMessage, recipients: list[str], settings: Settings) -> di
     except (smtplib.SMTPException, OSError) as exc:
         raise UpstreamError(f"email: cannot talk to {host}:{port}: {exc or type(exc).__name__}") from None
     return {address: (code, as_text(text)) for address, (code, text) in refused.items()}
+
+
+def hang_up(client: smtplib.SMTP) -> None:
+    """QUIT, ignoring its reply: once DATA was accepted, a bad goodbye must not make us send again."""
+    try:
+        client.quit()
+    except (smtplib.SMTPException, OSError):
+        client.close()
 
 
 def by_reply(code: int, text: bytes | str, server: str) -> Exception:

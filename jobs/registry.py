@@ -110,7 +110,7 @@ JOBS: dict[str, JobSpec] = {
             email.send_email,
             queue="email",
             description="Send a message through SMTP, at most once per idempotency key",
-            timeout=300,
+            timeout=email.JOB_TIMEOUT,
             retries=lambda settings: settings.email_retry_intervals,
             check=email.check_email,
         ),

@@ -24,6 +24,7 @@ class Scripted:
     rcpt_replies: dict[str, list[str]] = field(default_factory=dict)
     data_replies: list[str] = field(default_factory=list)
     received: list[tuple[list[str], bytes]] = field(default_factory=list)
+    quit_reply: str = "221 Bye"
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         queued = self.rcpt_replies.get(address)
@@ -39,6 +40,9 @@ class Scripted:
             return self.data_replies.pop(0)
         self.received.append((list(envelope.rcpt_tos), envelope.original_content))
         return "250 OK: queued"
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        return self.quit_reply
 
     def envelopes(self) -> list[list[str]]:
         return [recipients for recipients, _ in self.received]

@@ -312,3 +312,22 @@ def test_the_cli_builds_the_call(media: Media, connection: Redis) -> None:
         cli, ["enqueue", "email", "--to", A, "--subject", "x", "--text", "y", "--var", "oops"]
     )
     assert bad.exit_code == 2 and "expected NAME=VALUE" in bad.output
+
+
+def test_a_bad_goodbye_after_the_message_was_accepted_does_not_send_it_twice(
+    plain: Server, run_jobs: Any
+) -> None:
+    plain.handler.quit_reply = "421 4.3.0 closing badly"
+    first, _ = sent(run_jobs, A, "Once", text="only once", idempotency_key="k-quit")
+    second, _ = sent(run_jobs, A, "Once", text="only once", idempotency_key="k-quit")
+    assert (first.result["status"], second.result["status"]) == ("sent", "already sent")
+    assert len(plain.handler.received) == 1
+
+
+def test_a_changed_attachment_is_a_new_message(plain: Server, run_jobs: Any, media: Media) -> None:
+    invoice = media.root / "invoice.pdf"
+    invoice.write_bytes(b"%PDF invoice 1")
+    sent(run_jobs, A, "Your invoice", text="attached", attachments=["invoice.pdf"])
+    invoice.write_bytes(b"%PDF invoice 2")
+    again, _ = sent(run_jobs, A, "Your invoice", text="attached", attachments=["invoice.pdf"])
+    assert again.result["status"] == "sent" and len(plain.handler.received) == 2
