@@ -108,7 +108,7 @@ class Settings:
         for entry in self.api_rate_limits:
             match = RATE_LIMIT.match(entry)
             assert match, entry  # validated at load
-            rates[match["host"]] = float(match["count"]) / (60 if match["unit"] == "m" else 1)
+            rates[match["host"].lower()] = float(match["count"]) / (60 if match["unit"] == "m" else 1)
         return rates
 
     @property
@@ -124,7 +124,7 @@ class Settings:
 
 SECRETS = frozenset({"dashboard_username", "dashboard_password", "smtp_username", "smtp_password"})
 SMTP_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
-RATE_LIMIT = re.compile(r"^(?P<host>[^=\s]+)=(?P<count>\d+(?:\.\d+)?)/(?P<unit>[sm])$")
+RATE_LIMIT = re.compile(r"^(?P<host>[^=\s]+)=(?P<count>0*[1-9]\d*(?:\.\d+)?|0*\.\d*[1-9]\d*)/(?P<unit>[sm])$")
 # Conventional names first; RQ_REDIS_URL is what the stock `rq` commands read.
 ENV_NAMES: dict[str, tuple[str, ...]] = {
     "redis_url": ("REDIS_URL", "RQ_REDIS_URL"),
@@ -171,8 +171,19 @@ def read_config_file(env: Mapping[str, str]) -> dict[str, Any]:
             )
         if key not in FIELDS:
             raise ConfigError(f"{key} in {path}: unknown setting (known: {', '.join(sorted(FIELDS))})")
-    if urlsplit(str(data.get("redis_url", ""))).password:
-        raise ConfigError(f"redis_url in {path}: put a URL with a password in the environment (REDIS_URL)")
+    urls = {"redis_url": data.get("redis_url"), "database_url": data.get("database_url")}
+    stores = data.get("session_stores")
+    if isinstance(stores, dict):
+        urls |= {
+            f"session_stores.{name}.url": store.get("url")
+            for name, store in stores.items()
+            if isinstance(store, dict)
+        }
+    for name, url in urls.items():
+        if isinstance(url, str) and urlsplit(url).password:
+            raise ConfigError(
+                f"{name} in {path}: a URL with a password belongs in the environment, not this file"
+            )
     return data
 
 

@@ -11,6 +11,7 @@ import os
 import random
 import re
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from importlib.metadata import version
@@ -45,6 +46,7 @@ SLEEP_LIMIT = (
 )
 MAX_RETRY_AFTER = 24 * 3600
 EXCERPT = 200
+RESERVED_KEYS = ("rq:", "rqkit:")
 USER_AGENT = f"rqkit/{version('rqkit')} (background jobs on RQ)"
 
 # GCRA: each call reserves the next slot of its host (one every `interval` ms) and learns how long to
@@ -83,6 +85,18 @@ def check_call(
     if not isinstance(method, str) or method.upper() not in METHODS:
         raise JobInputError(f"api-call: method must be one of {', '.join(sorted(METHODS))}, got {method!r}")
     check_url(url, get_settings())
+    check_mappings(params, headers, secret_headers)
+    for name, value in (("idempotency_key", idempotency_key), ("store_as", store_as)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise JobInputError(f"api-call: {name} must be a non-empty string, got {value!r}")
+    if isinstance(store_as, str) and store_as.startswith(RESERVED_KEYS):
+        raise JobInputError(
+            f"api-call: store_as {store_as!r} would overwrite the queues' or the toolkit's keys"
+        )
+
+
+def check_mappings(params: object, headers: object, secret_headers: object) -> None:
+    """Names to one-line strings; secret headers name secrets, they don't hold them."""
     mappings: dict[str, dict[str, str]] = {}
     for name, mapping in (("params", params), ("headers", headers), ("secret_headers", secret_headers)):
         if mapping is None:
@@ -98,9 +112,6 @@ def check_call(
             raise JobInputError(f"api-call: header {header!r} must be one line")
     for env_name in mappings.get("secret_headers", {}).values():
         check_secret_name(env_name)
-    for name, value in (("idempotency_key", idempotency_key), ("store_as", store_as)):
-        if value is not None and (not isinstance(value, str) or not value):
-            raise JobInputError(f"api-call: {name} must be a non-empty string, got {value!r}")
 
 
 def check_url(url: object, settings: Settings) -> str:
@@ -108,7 +119,7 @@ def check_url(url: object, settings: Settings) -> str:
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise JobInputError(f"api: not an http(s) URL: {url!r}")
-    if parts.hostname not in settings.api_allowed_hosts:
+    if parts.hostname not in {host.lower() for host in settings.api_allowed_hosts}:  # urlsplit lowercases
         raise DisallowedHost(f"api: host {parts.hostname} is not allowed (RQKIT_API_ALLOWED_HOSTS)")
     return parts.hostname
 
@@ -145,11 +156,20 @@ def call_api(
     sent_headers = {**(headers or {}), **{name: secret(env) for name, env in (secret_headers or {}).items()}}
     if method in NON_IDEMPOTENT:
         sent_headers["Idempotency-Key"] = idempotency_key or stable_key(method, url, json)
-    response = perform(method, url, settings, json=json, params=params, headers=sent_headers)
-    result = summarize(response, settings)
+    # With secrets in the headers, a redirect is reported, not followed: httpx only strips Authorization.
+    reply = perform(
+        method,
+        url,
+        settings,
+        follow_redirects=not secret_headers,
+        json=json,
+        params=params,
+        headers=sent_headers,
+    )
+    result = summarize(reply)
     if store_as:
         store(store_as, result["body"], settings)
-    logger.info("%s %s: %s", method, url, response.status_code)
+    logger.info("%s %s: %s", method, url, reply.status)
     return result
 
 
@@ -162,7 +182,7 @@ def store(key: str, body: Any, settings: Settings) -> None:
 def deliver_webhook(url: str, event: str, payload: Any, secret_name: str) -> dict[str, Any]:
     """Job: POST a signed event: X-Rqkit-Signature = sha256=HMAC-SHA256(secret, "<timestamp>." + body)."""
     settings = get_settings()
-    check_url(url, settings)
+    check_webhook(url, event, payload, secret_name)
     body = json.dumps({"event": event, "payload": payload}, separators=(",", ":"), sort_keys=True).encode()
     timestamp = str(int(time.time()))
     delivery = stable_key("POST", url, {"event": event, "payload": payload})
@@ -174,7 +194,7 @@ def deliver_webhook(url: str, event: str, payload: Any, secret_name: str) -> dic
         "X-Rqkit-Signature": "sha256=" + sign(secret(secret_name).encode(), timestamp, body),
         "Idempotency-Key": delivery,
     }
-    return summarize(perform("POST", url, settings, content=body, headers=headers), settings)
+    return summarize(perform("POST", url, settings, content=body, headers=headers))
 
 
 def check_webhook(url: object, event: object, payload: object, secret_name: object) -> None:
@@ -192,7 +212,10 @@ def verify_signature(
     secret_value: bytes, timestamp: str, body: bytes, signature: str, tolerance: int = 300
 ) -> bool:
     """For receivers: the signature matches and the timestamp is recent (no replay of old deliveries)."""
-    fresh = abs(time.time() - int(timestamp)) <= tolerance
+    try:
+        fresh = abs(time.time() - int(timestamp)) <= tolerance
+    except ValueError:
+        return False
     return fresh and hmac.compare_digest(signature, "sha256=" + sign(secret_value, timestamp, body))
 
 
@@ -204,47 +227,80 @@ def stable_key(method: str, url: str, body: Any) -> str:
     return hashlib.sha256(json.dumps([method, url, body], sort_keys=True, default=str).encode()).hexdigest()
 
 
-def perform(method: str, url: str, settings: Settings, **request: Any) -> httpx.Response:
+@dataclass(frozen=True)
+class Reply:
+    """What came back: status, headers, and the body read up to the size limit (never more)."""
+
+    status: int
+    reason: str
+    headers: httpx.Headers
+    content: bytes
+    truncated: bool
+    encoding: str
+
+    def text(self) -> str:
+        return self.content.decode(self.encoding, errors="replace")
+
+
+def perform(
+    method: str, url: str, settings: Settings, follow_redirects: bool = True, **request: Any
+) -> Reply:
     """Send within the host's rate limit; raise per the failure policy, with the wait decided here."""
     take_slot(check_url(url, settings), settings, redis_client(settings))
     timeout = httpx.Timeout(settings.api_read_timeout, connect=settings.api_connect_timeout)
     hooks = {"request": [lambda outgoing: check_url(str(outgoing.url), settings)]}  # redirects included
+    headers = {"User-Agent": USER_AGENT, **request.pop("headers")}
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=True, event_hooks=hooks) as client:
-            response = client.request(
-                method, url, headers={"User-Agent": USER_AGENT, **request.pop("headers")}, **request
-            )
+        with httpx.Client(timeout=timeout, follow_redirects=follow_redirects, event_hooks=hooks) as client:
+            with client.stream(method, url, headers=headers, **request) as response:
+                reply = read_reply(response, settings.api_max_body_kb * 1024)
     except httpx.TooManyRedirects as exc:
         raise RejectedError(f"api: {method} {url}: {exc}") from None
     except (httpx.TimeoutException, httpx.TransportError) as exc:
         retry_in(backoff(settings))
         raise UpstreamError(f"api: {method} {url}: {type(exc).__name__}: {exc}") from None
-    status = response.status_code
-    if status == 429 or status >= 500:
-        retry_in(retry_after(response) or backoff(settings))
-        raise UpstreamError(f"api: {method} {url}: {status} {excerpt(response)}")
-    if status >= 400:
-        raise RejectedError(f"api: {method} {url}: {status} {excerpt(response)}")
-    return response
+    if reply.status == 429 or reply.status >= 500:
+        retry_in(retry_after(reply.headers) or backoff(settings))
+        raise UpstreamError(f"api: {method} {url}: {reply.status} {excerpt(reply)}")
+    if reply.status >= 400:
+        raise RejectedError(f"api: {method} {url}: {reply.status} {excerpt(reply)}")
+    return reply
 
 
-def excerpt(response: httpx.Response) -> str:
-    text = " ".join(response.text[:EXCERPT].split())
-    return (response.reason_phrase + (f": {text}" if text else "")).strip()
+def read_reply(response: httpx.Response, limit: int) -> Reply:
+    """Read at most `limit` bytes (+1 to know it was cut): a huge body can't exhaust the work-horse."""
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+    content = b"".join(chunks)
+    return Reply(
+        response.status_code,
+        response.reason_phrase,
+        response.headers,
+        content[:limit],
+        size > limit,
+        response.encoding or "utf-8",
+    )
 
 
-def summarize(response: httpx.Response, settings: Settings) -> dict[str, Any]:
-    """Status, the headers worth keeping, and the body (parsed if JSON) up to the size limit."""
-    limit = settings.api_max_body_kb * 1024
-    raw = response.content
-    body: Any = raw[:limit].decode(response.encoding or "utf-8", errors="replace")
-    if len(raw) <= limit and "json" in response.headers.get("content-type", ""):
+def excerpt(reply: Reply) -> str:
+    text = " ".join(reply.text()[:EXCERPT].split())
+    return (reply.reason + (f": {text}" if text else "")).strip()
+
+
+def summarize(reply: Reply) -> dict[str, Any]:
+    """Status, the headers worth keeping, and the body (parsed if JSON and whole)."""
+    body: Any = reply.text()
+    if not reply.truncated and "json" in reply.headers.get("content-type", ""):
         try:
-            body = response.json()
+            body = json.loads(reply.content)
         except ValueError:
             pass
-    headers = {name: response.headers[name] for name in KEPT_HEADERS if name in response.headers}
-    return {"status": response.status_code, "headers": headers, "body": body, "truncated": len(raw) > limit}
+    headers = {name: reply.headers[name] for name in KEPT_HEADERS if name in reply.headers}
+    return {"status": reply.status, "headers": headers, "body": body, "truncated": reply.truncated}
 
 
 def retry_intervals(settings: Settings) -> list[int]:
@@ -260,9 +316,9 @@ def backoff(settings: Settings) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-def retry_after(response: httpx.Response) -> float | None:
+def retry_after(headers: httpx.Headers) -> float | None:
     """Seconds the server asked us to wait (Retry-After: seconds or an HTTP date), at most a day."""
-    value = response.headers.get("retry-after", "").strip()
+    value = headers.get("retry-after", "").strip()
     if not value:
         return None
     if value.isdigit():
@@ -271,6 +327,8 @@ def retry_after(response: httpx.Response) -> float | None:
         moment = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if moment.tzinfo is None:  # a "-0000" zone parses naive: it is UTC
+        moment = moment.replace(tzinfo=UTC)
     return min(max(0.0, (moment - datetime.now(UTC)).total_seconds()), MAX_RETRY_AFTER)
 
 
@@ -294,9 +352,14 @@ def take_slot(host: str, settings: Settings, connection: Redis) -> None:
     else:  # back from a deferral: Redis's clock again, as every machine shares it
         seconds, micros = connection.time()
         wait = (reserved - (seconds * 1000 + micros // 1000)) / 1000
-    if wait <= SLEEP_LIMIT or job is None or job.retries_left is None:
+    if wait <= SLEEP_LIMIT or job is None:  # outside a job (a direct call) there is no scheduler to defer to
         time.sleep(max(0.0, wait))
         return
+    if job.retries_left is None:
+        raise UpstreamError(
+            f"api: rate limit of {host}: the next slot is {wait:.0f}s away, and without retries "
+            "this job cannot be deferred to it (RQKIT_API_MAX_RETRIES)"
+        )
     job.meta["rqkit_slot"] = reserved
     job.save_meta()
     job.retries_left += 1  # a deferral is not a failed attempt

@@ -18,6 +18,7 @@ from rq.job import JobStatus
 from werkzeug import Request, Response
 
 from cli import cli
+from config import get_settings
 from jobs import enqueue, submit, submit_many
 from jobs.api import verify_signature
 from jobs.errors import JobInputError
@@ -292,12 +293,13 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     from jobs.api import retry_after
 
     def asking(value: str) -> float | None:
-        return retry_after(httpx.Response(429, headers={"Retry-After": value}))
+        return retry_after(httpx.Headers({"Retry-After": value}))
 
     in_a_minute = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
     assert asking("7") == 7.0 and asking("999999") == 24 * 3600
     assert 55 < (asking(in_a_minute) or 0) <= 60
     assert asking("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0 and asking("soon") is None
+    assert asking("Wed, 21 Oct 2015 07:28:00 -0000") == 0.0  # parses naive: read as UTC, not a crash
 
 
 def test_backoff_has_jitter_within_its_ceiling() -> None:
@@ -309,3 +311,28 @@ def test_backoff_has_jitter_within_its_ceiling() -> None:
     )
     waits = {backoff(settings) for _ in range(50)}
     assert all(1 <= wait <= 2 for wait in waits) and len(waits) > 1  # no job: the first attempt, 2 s at most
+
+
+def test_hardening_from_review(
+    server: HTTPServer, monkeypatch: pytest.MonkeyPatch, connection: Redis, run_jobs: Any
+) -> None:
+    assert verify_signature(b"s", "not-a-time", b"{}", "sha256=00") is False
+    with pytest.raises(JobInputError, match="would overwrite the queues"):
+        submit("api-call", ("GET", server.url_for("/x")), {"store_as": "rq:queue:default"})
+    big = Recorder(Response("x" * 5000))
+    monkeypatch.setenv("RQKIT_API_MAX_BODY_KB", "1")
+    get_settings.cache_clear()
+    outcome = ran(run_jobs, enqueue("api-call", "GET", route(server, "/big", big)))
+    assert outcome.result["truncated"] is True and len(outcome.result["body"]) == 1024
+    monkeypatch.setenv("RQKIT_SECRET_K", "key-1")
+    hop = Recorder(Response("", status=302, headers={"Location": server.url_for("/elsewhere")}))
+    kept = ran(
+        run_jobs, enqueue("api-call", "GET", route(server, "/hop", hop), secret_headers={"X-Api-Key": "K"})
+    )
+    assert kept.result["status"] == 302 and len(hop.requests) == 1  # not followed: the key stays here
+
+
+def test_allowed_hosts_are_case_insensitive(monkeypatch: pytest.MonkeyPatch, connection: Redis) -> None:
+    monkeypatch.setenv("RQKIT_API_ALLOWED_HOSTS", "API.Example.com")
+    submit("api-call", ("GET", "https://api.example.com/v1"))
+    assert Queue("api", connection=connection).count == 1
