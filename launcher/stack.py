@@ -8,14 +8,17 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
 from config import Settings, ToolkitError, redacted_url
 from config.settings import PROJECT_ROOT
-from launcher.children import die_with_parent
+from launcher.children import die_with_parent, kill_tree
 from launcher.redis_server import LOOPBACK, RedisServer, answers, embeddable_address
+
+COLD_AFTER = 1.5  # seconds between the warm and the cold shutdown signal (RQ wants more than 1)
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Stack:
         self.children: list[Child] = []
         self.stop_requested = threading.Event()
         self.signals = 0
+        self.warm_sent_at: float | None = None
         self.lock = threading.Lock()
 
     def say(self, name: str, line: str) -> None:
@@ -92,11 +96,24 @@ class Stack:
         self.signals += 1
         if self.signals == 1:
             self.stop_requested.set()
-            return
-        escalate = signal.SIGTERM if self.signals == 2 else signal.SIGKILL
-        for child in self.children:
-            if child.process and child.process.poll() is None:
-                child.process.send_signal(escalate)
+        elif self.signals == 2:
+            threading.Thread(target=self.cold_stop, daemon=True).start()
+        else:
+            for child in self.running():
+                kill_tree(child.pid)
+
+    def cold_stop(self) -> None:
+        """The second SIGTERM, once the first is COLD_AFTER old: RQ ignores one within a second of it."""
+        while self.warm_sent_at is None or time.monotonic() - self.warm_sent_at < COLD_AFTER:
+            time.sleep(0.05)
+        self.signal_children(signal.SIGTERM)
+
+    def running(self) -> list[subprocess.Popen[bytes]]:
+        return [child.process for child in self.children if child.process and child.process.poll() is None]
+
+    def signal_children(self, signum: int) -> None:
+        for process in self.running():
+            process.send_signal(signum)
 
     def start_redis(self) -> None:
         url = self.settings.redis_url
@@ -209,9 +226,8 @@ class Stack:
 
     def stop_children(self) -> None:
         """SIGTERM each child (RQ workers: warm shutdown) and wait for all of them."""
-        for child in self.children:
-            if child.process and child.process.poll() is None:
-                child.process.terminate()
+        self.warm_sent_at = time.monotonic()
+        self.signal_children(signal.SIGTERM)
         for child in self.children:
             if child.process:
                 code = child.process.wait()

@@ -20,28 +20,12 @@ from redis import Redis
 from rq.job import Job
 from rq_scheduler import Scheduler
 
+from launcher.children import descendants
 from launcher.redis_server import RedisServer, answers, free_port
 from tests.pictures import photo
 from tests.support import python, start_python
 
 pytestmark = pytest.mark.slow
-
-
-def descendants(pid: int) -> set[int]:
-    """Every living process below `pid`, from /proc."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
@@ -181,6 +165,23 @@ def test_ctrl_c_lets_the_running_job_finish(start_up: Callable[[str], Up], redis
     assert job.get_status() == "finished"
     assert not parts & descendants(os.getpid())
     assert connection.ping()  # a server that was already there is left running
+
+
+def test_a_second_ctrl_c_stops_the_running_job_now(
+    start_up: Callable[[str], Up], redis_server: RedisServer
+) -> None:
+    up = start_up(redis_server.url)
+    parts = descendants(up.process.pid)
+    job = Job.fetch(up.cli_json("enqueue", "sleep", "60")["id"], connection=Redis.from_url(redis_server.url))
+    wait_until(lambda: job.get_status() == "started", what="the job to start")
+    started = time.monotonic()
+    up.process.send_signal(signal.SIGINT)
+    time.sleep(0.3)  # two presses of Ctrl-C: signals sent back to back would merge into one
+    up.process.send_signal(signal.SIGINT)
+    assert up.process.wait(30) == 0
+    assert time.monotonic() - started < 20  # not the job's 60 s
+    assert not parts & descendants(os.getpid())
+    assert job.get_status() in ("stopped", "failed")
 
 
 def test_up_refuses_a_dashboard_off_loopback_without_a_password(tmp_path: Path) -> None:
