@@ -181,7 +181,9 @@ def test_a_second_ctrl_c_stops_the_running_job_now(
     assert up.process.wait(30) == 0
     assert time.monotonic() - started < 20  # not the job's 60 s
     assert not parts & descendants(os.getpid())
-    assert job.get_status() in ("stopped", "failed")
+    # RQ's cold shutdown kills the work-horse and leaves the job as it was: started, to be found
+    # abandoned (and failed) by the next worker's registry cleanup.
+    assert job.get_status() == "started"
 
 
 def test_up_refuses_a_dashboard_off_loopback_without_a_password(tmp_path: Path) -> None:
