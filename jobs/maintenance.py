@@ -130,18 +130,14 @@ def expire_sessions(store: str = "default", dry_run: bool = False) -> dict[str, 
     """Job: delete the expired sessions of one store, in batches."""
     settings = get_settings()
     config = entry("session store", store, settings.session_stores)
-    with exclusive(redis_client(settings), f"rqkit:lock:expire-sessions:{store}", LOCK_SECONDS) as acquired:
-        if not acquired:
-            return {"target": store, "status": "already running"}
-        report = Report(store, dry_run)
-        start = time.perf_counter()
+
+    def work(report: Report) -> None:
         if config.get("kind") == "redis":
             expire_redis_sessions(config, redis_client(settings), settings.maintenance_batch_size, report)
         else:
             expire_sql_sessions(config, settings, report)
-        report.seconds = time.perf_counter() - start
-    logger.info("sessions %s: %d of %d deleted", store, report.deleted, report.examined)
-    return {**report.as_dict(), "status": "dry run" if dry_run else "done"}
+
+    return locked_run("expire-sessions", store, dry_run, work, settings)
 
 
 @retry_only_transient
@@ -154,18 +150,29 @@ def sweep_cache(target: str | None = None, dry_run: bool = False) -> dict[str, A
 
 def sweep_one(name: str, settings: Settings, dry_run: bool) -> dict[str, Any]:
     config = entry("cache target", name, settings.cache_targets)
-    with exclusive(redis_client(settings), f"rqkit:lock:sweep-cache:{name}", LOCK_SECONDS) as acquired:
-        if not acquired:
-            return {"target": name, "status": "already running"}
-        report = Report(name, dry_run)
-        start = time.perf_counter()
+
+    def work(report: Report) -> None:
         if config.get("kind") == "redis":
             sweep_redis(config, redis_client(settings), settings.maintenance_batch_size, report)
         else:
             root = Path(config.get("path") or settings.thumbnails_root)
             sweep_disk(root, config, report, datetime.now(UTC).timestamp())
+
+    return locked_run("sweep-cache", name, dry_run, work, settings)
+
+
+def locked_run(
+    job: str, name: str, dry_run: bool, work: Callable[[Report], None], settings: Settings
+) -> dict[str, Any]:
+    """Run `work` under the lock of this job and target, timed; "already running" if another holds it."""
+    with exclusive(redis_client(settings), f"rqkit:lock:{job}:{name}", LOCK_SECONDS) as acquired:
+        if not acquired:
+            return {"target": name, "status": "already running"}
+        report = Report(name, dry_run)
+        start = time.perf_counter()
+        work(report)
         report.seconds = time.perf_counter() - start
-    logger.info("cache %s: %d of %d deleted", name, report.deleted, report.examined)
+    logger.info("%s %s: %d of %d deleted", job, name, report.deleted, report.examined)
     return {**report.as_dict(), "status": "dry run" if dry_run else "done"}
 
 
