@@ -16,7 +16,7 @@ import click
 import redis
 
 from config import RedisUnavailable, get_settings, redis_client
-from jobs import api, content, images, monitoring, stats, submit, submit_many
+from jobs import api, content, images, monitoring, operations, stats, submit, submit_many
 from jobs.errors import JobInputError, ToolkitError
 from jobs.media import as_argument
 from launcher import mail_sink
@@ -569,6 +569,137 @@ def schedule_run(name: str, as_json: bool) -> None:
         as_json,
         lambda r: f"{name}: enqueued as job {r['id']} on {r['queue']}",
     )
+
+
+@cli.group()
+def jobs() -> None:
+    """Look into jobs.
+
+    Example: python cli.py jobs show 6f1c2b9e-...
+    """
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def jobs_show(job_id: str, as_json: bool) -> None:
+    """One job: its call, policy, timings, attempts, worker, and its result or full traceback.
+
+    Example: python cli.py jobs show 6f1c2b9e-0d4e-4e0c-9f7e-1d2a3b4c5d6e --json
+    """
+    view = operations.job_view(job_id, redis_client())
+    emit(
+        view,
+        as_json,
+        lambda v: (
+            "\n".join(f"{k:<14}{v[k]}" for k in v if k != "traceback" and v[k] is not None)
+            + (f"\n\n{v['traceback']}" if v["traceback"] else "")
+        ),
+    )
+
+
+@cli.group()
+def failed() -> None:
+    """Failed jobs: grouped, requeued (same id, history kept) or deleted.
+
+    Example: python cli.py failed list
+    """
+
+
+@failed.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def failed_list(as_json: bool) -> None:
+    """Failed jobs grouped by job and reason, with counts, the largest groups first.
+
+    Example: python cli.py failed list --json
+    """
+    groups = operations.failed_groups(redis_client())
+    emit(
+        groups,
+        as_json,
+        lambda gs: "\n".join(f"{g['count']:>6}  {g['job']:<16}{g['reason']}" for g in gs) or "no failed jobs",
+    )
+
+
+def failed_selection(func: Callable[..., Any]) -> Callable[..., Any]:
+    """IDS... or --all [--job NAME], and --json."""
+    for option in reversed(
+        [
+            click.argument("ids", nargs=-1),
+            click.option("--all", "every", is_flag=True, help="Every failed job (of --job NAME, if given)."),
+            click.option("--job", "job_name", help="Only failed jobs of this job type (with --all)."),
+            click.option("--json", "as_json", is_flag=True, help="Print one JSON document."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+@failed.command("requeue")
+@failed_selection
+def failed_requeue(ids: tuple[str, ...], every: bool, job_name: str | None, as_json: bool) -> None:
+    """Put failed jobs back on their queues; they keep their ids and history.
+
+    Example: python cli.py failed requeue --all --job email
+    """
+    done = operations.requeue_failed(redis_client(), list(ids), every, job_name)
+    emit({"requeued": done}, as_json, lambda r: f"requeued {len(r['requeued'])} job(s)")
+
+
+@failed.command("delete")
+@failed_selection
+def failed_delete(ids: tuple[str, ...], every: bool, job_name: str | None, as_json: bool) -> None:
+    """Delete failed jobs for good.
+
+    Example: python cli.py failed delete 6f1c2b9e-0d4e-4e0c-9f7e-1d2a3b4c5d6e
+    """
+    done = operations.delete_failed(redis_client(), list(ids), every, job_name)
+    emit({"deleted": done}, as_json, lambda r: f"deleted {len(r['deleted'])} job(s)")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.pass_context
+def workers(ctx: click.Context, as_json: bool) -> None:
+    """Every worker: host, pid, queues, state, current job and since when, counts, heartbeat, RSS.
+
+    Example: python cli.py workers --json
+    """
+    if ctx.invoked_subcommand is None:
+        emit(operations.workers(redis_client()), as_json, render_workers)
+
+
+def render_workers(views: list[dict[str, Any]]) -> str:
+    lines = [f"{'name':<34}{'host':<14}{'pid':>8}  {'state':<10}{'done':>6}{'failed':>7}  current job"]
+    for w in views:
+        job = f"{w['current_job']} since {w['job_started_at']}" if w["current_job"] else "-"
+        lines.append(
+            f"{w['name']:<34}{w['hostname']:<14}{w['pid']:>8}  {w['state']:<10}{w['finished']:>6}"
+            f"{w['failed']:>7}  {job}"
+        )
+    return "\n".join(lines) if views else "no workers"
+
+
+@workers.command("kill")
+@click.argument("name")
+def workers_kill(name: str) -> None:
+    """Stop NAME's current job (RQ's kill-horse command); the worker goes on.
+
+    Example: python cli.py workers kill 5678b6cf114b44e0b1043fb8881817f9
+    """
+    job_id = operations.kill_current_job(redis_client(), name)
+    click.echo(f"asked {name} to kill its current job {job_id}")
+
+
+@workers.command("stop")
+@click.argument("name")
+def workers_stop(name: str) -> None:
+    """Shut NAME down warm: it finishes its current job, then exits.
+
+    Example: python cli.py workers stop 5678b6cf114b44e0b1043fb8881817f9
+    """
+    operations.stop_worker(redis_client(), name)
+    click.echo(f"asked {name} to shut down")
 
 
 @cli.command()

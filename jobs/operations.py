@@ -1,0 +1,175 @@
+"""Operations: look into one job, the failed ones and the workers, and steer them (requeue, delete,
+kill a worker's current job, stop a worker warm)."""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Worker
+from rq.command import send_kill_horse_command, send_shutdown_command
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+from rq.worker import BaseWorker
+
+from config import get_settings
+from jobs.errors import JobInputError
+from jobs.monitoring import failure_reason, worker_view
+
+PAGE = 500  # ids fetched at a time: a registry is never loaded whole
+
+
+def fetch(job_id: str, connection: Redis) -> Job:
+    try:
+        return Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        raise JobInputError(f"no job {job_id!r} (it never existed, or expired)") from None
+
+
+def job_view(job_id: str, connection: Redis) -> dict[str, Any]:
+    """Everything about one job: call, policy, timings, attempts, worker, and its result or traceback."""
+    job = fetch(job_id, connection)
+    result = job.latest_result()
+    return {
+        "id": job.id,
+        "job": job.meta.get("rqkit_job", job.func_name),
+        "function": job.func_name,
+        "args": list(job.args),
+        "kwargs": job.kwargs,
+        "queue": job.origin,
+        "status": job.get_status().value,
+        "description": job.description,
+        "timeout": job.timeout,
+        "result_ttl": job.result_ttl,
+        "failure_ttl": job.failure_ttl,
+        "retries_left": job.retries_left,
+        "enqueued_at": iso(job.enqueued_at),
+        "started_at": iso(job.started_at),
+        "ended_at": iso(job.ended_at),
+        "worker": job.worker_name,
+        "result": result.return_value
+        if result is not None and result.type == result.Type.SUCCESSFUL
+        else None,
+        "traceback": result.exc_string if result is not None and result.exc_string else None,
+    }
+
+
+def iso(moment: Any) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def queue_names(connection: Redis) -> list[str]:
+    names = list(get_settings().queues)
+    return names + sorted(q.name for q in Queue.all(connection=connection) if q.name not in names)
+
+
+def failed_jobs(connection: Redis, job_name: str | None = None) -> Iterator[Job]:
+    """Every failed job of every queue, a page at a time, optionally of one job type."""
+    for name in queue_names(connection):
+        registry = FailedJobRegistry(name, connection=connection)
+        start = 0
+        while ids := registry.get_job_ids(start, start + PAGE - 1):
+            start += PAGE
+            for job in Job.fetch_many(ids, connection=connection):
+                if job is not None and (
+                    job_name is None or job.meta.get("rqkit_job", job.func_name) == job_name
+                ):
+                    yield job
+
+
+def failed_groups(connection: Redis) -> list[dict[str, Any]]:
+    """Failed jobs grouped by job and reason, the largest groups first."""
+    counts = Counter(
+        (job.meta.get("rqkit_job", job.func_name), failure_reason(job)) for job in failed_jobs(connection)
+    )
+    return [{"job": job, "reason": reason, "count": count} for (job, reason), count in counts.most_common()]
+
+
+def chosen_failed(connection: Redis, ids: list[str], every: bool, job_name: str | None) -> list[Job]:
+    """The failed jobs a command names: by id (each must be in a failed registry), or all of a kind."""
+    if every == bool(ids):
+        raise JobInputError("name failed job ids, or --all (optionally with --job NAME), not both")
+    if every:
+        return list(failed_jobs(connection, job_name))
+    jobs = [fetch(job_id, connection) for job_id in ids]
+    for job in jobs:
+        if job.id not in FailedJobRegistry(job.origin, connection=connection):
+            raise JobInputError(f"job {job.id} is not failed (it is {job.get_status().value})")
+    return jobs
+
+
+def requeue_failed(
+    connection: Redis, ids: list[str], every: bool = False, job_name: str | None = None
+) -> list[str]:
+    """Put failed jobs back on their queues, keeping their ids and history."""
+    jobs = chosen_failed(connection, ids, every, job_name)
+    for job in jobs:
+        FailedJobRegistry(job.origin, connection=connection).requeue(job.id)
+    return [job.id for job in jobs]
+
+
+def delete_failed(
+    connection: Redis, ids: list[str], every: bool = False, job_name: str | None = None
+) -> list[str]:
+    jobs = chosen_failed(connection, ids, every, job_name)
+    for job in jobs:
+        FailedJobRegistry(job.origin, connection=connection).remove(job, delete_job=True)
+    return [job.id for job in jobs]
+
+
+def workers(connection: Redis) -> list[dict[str, Any]]:
+    """Every registered worker, with its last heartbeat, current job and since when, and its RSS."""
+    views = []
+    for worker in sorted(Worker.all(connection=connection), key=lambda w: w.name):
+        view = worker_view(worker)
+        job = worker.get_current_job()
+        view |= {
+            "last_heartbeat": iso(worker.last_heartbeat),
+            "job_started_at": iso(job.started_at) if job is not None else None,
+            "rss_mb": rss_mb(worker.pid) if worker.hostname == hostname() else None,
+        }
+        views.append(view)
+    return views
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def rss_mb(pid: int | None) -> float | None:
+    """Resident memory of a worker process on this host (its work-horse's not included)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def known_worker(connection: Redis, name: str) -> BaseWorker:
+    for worker in Worker.all(connection=connection):
+        if worker.name == name:
+            return worker
+    raise JobInputError(f"no worker named {name!r} (see `python cli.py workers`)")
+
+
+def kill_current_job(connection: Redis, name: str) -> str | None:
+    """Stop the worker's current job (RQ's kill-horse command); the worker goes on. The job's id."""
+    worker = known_worker(connection, name)
+    job_id = worker.get_current_job_id()
+    if job_id is None:
+        raise JobInputError(f"worker {name} is not running a job")
+    send_kill_horse_command(connection, name)
+    return job_id
+
+
+def stop_worker(connection: Redis, name: str) -> None:
+    """Shut the worker down warm: it finishes its current job first."""
+    known_worker(connection, name)
+    send_shutdown_command(connection, name)

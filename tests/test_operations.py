@@ -1,0 +1,104 @@
+"""Operations against real workers: one job's details, failed jobs, workers killed and stopped."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from click.testing import CliRunner, Result
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+
+from cli import cli
+from jobs import enqueue
+from jobs.monitoring import wait_for
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+def run_json(*args: str) -> Any:
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def failing(connection: Redis, seconds: float) -> Job:
+    """A job the registry would refuse, enqueued with plain RQ: it fails when it runs."""
+    return Queue("default", connection=connection).enqueue(
+        "jobs.demo.sleep", seconds, meta={"rqkit_job": "sleep"}
+    )
+
+
+def test_jobs_show_gives_the_result_or_the_traceback(connection: Redis, run_jobs: Any) -> None:
+    good, bad = enqueue("sleep", 0), failing(connection, -1)
+    run_jobs()
+    shown = run_json("jobs", "show", good.id)
+    assert (shown["status"], shown["result"], shown["job"], shown["args"]) == (
+        "finished",
+        {"slept": 0},
+        "sleep",
+        [0],
+    )
+    assert shown["worker"] and shown["started_at"] and shown["timeout"] == 3660
+    broken = run_json("jobs", "show", bad.id)
+    assert broken["status"] == "failed" and broken["traceback"].strip().endswith("got -1")
+    missing = run("jobs", "show", "no-such-id")
+    assert missing.exit_code == 2 and "no job 'no-such-id'" in missing.output
+
+
+def test_failed_jobs_are_grouped_requeued_with_their_ids_and_deleted(
+    connection: Redis, run_jobs: Any
+) -> None:
+    bad = [failing(connection, -1) for _ in range(3)] + [failing(connection, -2)]
+    run_jobs()
+    groups = run_json("failed", "list")
+    assert [(g["count"], g["job"]) for g in groups] == [(3, "sleep"), (1, "sleep")]
+    assert groups[0]["reason"] == "JobInputError: sleep: SECONDS must be a number from 0 to 3600, got -1"
+
+    requeued = run_json("failed", "requeue", bad[0].id)
+    assert requeued == {"requeued": [bad[0].id]}
+    assert Queue("default", connection=connection).job_ids == [bad[0].id]
+    again = run("failed", "requeue", bad[0].id)
+    assert again.exit_code == 2 and "is not failed (it is queued)" in again.output
+    assert run("failed", "requeue", "no-such-id").exit_code == 2
+    assert run("failed", "requeue", "--all", bad[1].id).exit_code == 2
+    assert run("failed", "requeue").exit_code == 2
+
+    assert run_json("failed", "requeue", "--all", "--job", "email") == {"requeued": []}
+    deleted = run_json("failed", "delete", "--all", "--job", "sleep")
+    assert sorted(deleted["deleted"]) == sorted(job.id for job in bad[1:])
+    assert run_json("failed", "list") == [] and not connection.exists(bad[1].key)
+
+
+def wait_until(condition: Any, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_workers_are_listed_killed_and_stopped(connection: Redis, start_worker: Any) -> None:
+    process = start_worker("default")
+    [worker] = wait_until(lambda: run_json("workers"))
+    assert (worker["pid"], worker["state"], worker["queues"]) == (process.pid, "idle", ["default"])
+    assert worker["rss_mb"] > 10 and worker["last_heartbeat"]
+    idle = run("workers", "kill", worker["name"])
+    assert idle.exit_code == 2 and "is not running a job" in idle.output
+
+    long = enqueue("sleep", 60)
+    busy = wait_until(lambda: [w for w in run_json("workers") if w["current_job"] == long.id])
+    assert busy[0]["job_started_at"]
+    assert run("workers", "kill", worker["name"]).exit_code == 0
+    assert wait_for(long, timeout=20).status in ("failed", "stopped")
+    assert wait_for(enqueue("sleep", 0), timeout=20).status == "finished"  # the worker goes on
+
+    assert run("workers", "kill", "nobody").exit_code == 2
+    assert run("workers", "stop", "nobody").exit_code == 2
+    assert run("workers", "stop", worker["name"]).exit_code == 0
+    assert process.wait(20) == 0
