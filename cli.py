@@ -91,6 +91,9 @@ def enqueue_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--wait", is_flag=True, help="Block until done; print the result, or the failure and exit 1."
         ),
+        click.option(
+            "--tag", "tags", multiple=True, help="Tag the job, e.g. customer:42; repeat for several."
+        ),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON document."),
     ]
     for option in reversed(options):
@@ -128,12 +131,16 @@ def run_enqueue(
     at: datetime | None,
     wait: bool,
     as_json: bool,
+    tags: tuple[str, ...] = (),
 ) -> None:
     """Submit each call through the registry, report, and with --wait report the outcomes."""
     if delay and at:
         raise click.UsageError("--in and --at cannot be used together")
     when = datetime.now().astimezone() + delay if delay else at
-    jobs = [submit(name, args, kwargs, queue=queue, at_front=at_front, at=when) for args, kwargs in calls]
+    submissions = [
+        submit(name, args, kwargs, queue=queue, at_front=at_front, at=when, tags=list(tags))
+        for args, kwargs in calls
+    ]
     reports = [
         {
             "id": job.id,
@@ -144,12 +151,14 @@ def run_enqueue(
             "status": job.get_status(refresh=False).value,
             "duplicate": duplicate,
         }
-        for (args, kwargs), (job, duplicate) in zip(calls, jobs, strict=True)
+        for (args, kwargs), (job, duplicate) in zip(calls, submissions, strict=True)
     ]
     if wait:
-        for idle in sorted({job.origin for job, _ in jobs if not monitoring.listening_workers(job.origin)}):
-            click.echo(f"waiting for {len(jobs)} job(s): no worker listens on {idle!r} yet", err=True)
-        for report, (job, _) in zip(reports, jobs, strict=True):
+        for idle in sorted(
+            {job.origin for job, _ in submissions if not monitoring.listening_workers(job.origin)}
+        ):
+            click.echo(f"waiting for {len(submissions)} job(s): no worker listens on {idle!r} yet", err=True)
+        for report, (job, _) in zip(reports, submissions, strict=True):
             report.update(monitoring.wait_for(job).as_dict())
     emit(reports[0] if len(reports) == 1 else reports, as_json, render_submissions)
     if wait and any(report["status"] != "finished" for report in reports):
@@ -577,6 +586,91 @@ def jobs() -> None:
 
     Example: python cli.py jobs show 6f1c2b9e-...
     """
+
+
+@jobs.command("list")
+@click.option("--queue", help="Only this queue.")
+@click.option("--status", type=click.Choice(operations.STATUSES), help="Only jobs in this state.")
+@click.option("--tag", help="Only jobs with this tag.")
+@click.option("--job", "job_name", help="Only this job type.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def jobs_list(
+    queue: str | None, status: str | None, tag: str | None, job_name: str | None, limit: int, as_json: bool
+) -> None:
+    """Jobs newest first (scheduled ones include rq-scheduler's), filtered; never a whole registry read.
+
+    Example: python cli.py jobs list --status failed --job email --limit 20
+    """
+    rows = operations.list_jobs(redis_client(), queue, status, tag, job_name, limit)
+    emit(
+        rows,
+        as_json,
+        lambda rs: (
+            "\n".join(f"{r['id']}  {r['status']:<10}{r['queue']:<12}{r['description']}" for r in rs)
+            or "no jobs"
+        ),
+    )
+
+
+def steered(action: str, job_id: str, as_json: bool) -> None:
+    emit({"id": job_id, "done": action}, as_json, lambda r: f"job {job_id}: {action}")
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def jobs_cancel(job_id: str, as_json: bool) -> None:
+    """Take a queued or scheduled job off its queue or schedule (refused once it has started).
+
+    Example: python cli.py jobs cancel 6f1c2b9e-0d4e-4e0c-9f7e-1d2a3b4c5d6e
+    """
+    operations.cancel(redis_client(), job_id)
+    steered("canceled", job_id, as_json)
+
+
+@jobs.command("move")
+@click.argument("job_id")
+@click.option("--to", "queue", required=True, help="The queue to move it to.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def jobs_move(job_id: str, queue: str, as_json: bool) -> None:
+    """Move a queued job to another queue.
+
+    Example: python cli.py jobs move 6f1c2b9e-0d4e-4e0c-9f7e-1d2a3b4c5d6e --to maintenance
+    """
+    operations.move(redis_client(), job_id, queue)
+    steered(f"moved to {queue}", job_id, as_json)
+
+
+@jobs.command("front")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def jobs_front(job_id: str, as_json: bool) -> None:
+    """Move a queued job to the front of its queue.
+
+    Example: python cli.py jobs front 6f1c2b9e-0d4e-4e0c-9f7e-1d2a3b4c5d6e
+    """
+    operations.to_front(redis_client(), job_id)
+    steered("moved to the front", job_id, as_json)
+
+
+@jobs.command("edit")
+@click.argument("job_id")
+@click.option("--arg", "args", multiple=True, help="Replace the arguments (JSON values, repeat in order).")
+@click.option("--kwarg", "pairs", multiple=True, help="Set a keyword argument NAME=JSON; repeat for several.")
+@click.option("--timeout", type=int, help="A new time-out, in seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def jobs_edit(
+    job_id: str, args: tuple[str, ...], pairs: tuple[str, ...], timeout: int | None, as_json: bool
+) -> None:
+    """Change a queued or scheduled job's arguments or time-out (refused once it has started).
+
+    Example: python cli.py jobs edit 6f1c2b9e-0d4e-4e0c-9f7e-1d2a3b4c5d6e --arg 10 --timeout 120
+    """
+    new_args = [json_option("--arg", value) for value in args] if args else None
+    kwargs = {name: json_option("--kwarg", value) for name, value in pairs_of("--kwarg", pairs).items()}
+    job = operations.edit(redis_client(), job_id, new_args, kwargs or None, timeout)
+    steered(f"now {job.description} (time-out {job.timeout}s)", job_id, as_json)
 
 
 @jobs.command("show")

@@ -16,10 +16,12 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.worker import BaseWorker
+from rq_scheduler import Scheduler
 
 from config import get_settings
 from jobs.errors import JobInputError
 from jobs.monitoring import failure_reason, worker_view
+from jobs.registry import check_queue, get_spec, tag_key
 
 PAGE = 500  # ids fetched at a time: a registry is never loaded whole
 
@@ -173,3 +175,132 @@ def stop_worker(connection: Redis, name: str) -> None:
     """Shut the worker down warm: it finishes its current job first."""
     known_worker(connection, name)
     send_shutdown_command(connection, name)
+
+
+STATUSES = ("queued", "started", "scheduled", "deferred", "failed", "finished")
+
+
+def job_ids(connection: Redis, queue: str, status: str, count: int) -> list[str]:
+    """Up to `count` ids of one queue in one state, newest first, read from the end of the list or set."""
+    rq_queue = Queue(queue, connection=connection)
+    if status == "queued":
+        return texts(reversed(connection.lrange(rq_queue.key, -count, -1)))
+    if status == "scheduled":
+        ours = rq_queue.scheduled_job_registry.get_job_ids(0, count - 1, desc=True)
+        theirs = texts(connection.zrevrange(Scheduler.scheduled_jobs_key, 0, count - 1))
+        return ours + theirs  # rq-scheduler's, which rq-dashboard does not show; filtered by queue below
+    registry = getattr(rq_queue, f"{status}_job_registry" if status != "started" else "started_job_registry")
+    return registry.get_job_ids(0, count - 1, desc=True, cleanup=False)
+
+
+def texts(values: Any) -> list[str]:
+    return [value.decode() if isinstance(value, bytes) else str(value) for value in values]
+
+
+def list_jobs(
+    connection: Redis,
+    queue: str | None = None,
+    status: str | None = None,
+    tag: str | None = None,
+    job_name: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Jobs newest first, filtered; reads at most a few pages, never a whole registry."""
+    if status is not None and status not in STATUSES:
+        raise JobInputError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    if tag is not None:
+        ids = texts(connection.zrevrange(tag_key(tag), 0, PAGE - 1))
+    else:
+        queues = [queue] if queue else queue_names(connection)
+        ids = [
+            i
+            for q in queues
+            for s in ([status] if status else STATUSES)
+            for i in job_ids(connection, q, s, PAGE)
+        ]
+    rows = []
+    for job_id, job in zip(ids, Job.fetch_many(ids, connection=connection), strict=True):
+        if job is None:
+            if tag is not None:
+                connection.zrem(tag_key(tag), job_id)  # the job expired or was deleted: prune its tag
+            continue
+        row = summary(job)
+        if (queue and row["queue"] != queue) or (status and row["status"] != status):
+            continue
+        if job_name and row["job"] != job_name:
+            continue
+        rows.append(row)
+    rows.sort(key=lambda row: row["enqueued_at"] or row["created_at"] or "", reverse=True)
+    return list({row["id"]: row for row in rows}.values())[:limit]
+
+
+def summary(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "job": job.meta.get("rqkit_job", job.func_name),
+        "status": job.get_status(refresh=False).value,
+        "queue": job.origin,
+        "tags": job.meta.get("tags", []),
+        "description": job.description,
+        "enqueued_at": iso(job.enqueued_at),
+        "created_at": iso(job.created_at),
+    }
+
+
+def pending(connection: Redis, job_id: str, allowed: tuple[str, ...]) -> Job:
+    """The job, refused with its status unless it is still in one of the `allowed` states."""
+    job = fetch(job_id, connection)
+    status = job.get_status().value
+    if status not in allowed:
+        raise JobInputError(f"job {job_id} is {status}: only a {' or '.join(allowed)} job can be changed")
+    return job
+
+
+def cancel(connection: Redis, job_id: str) -> None:
+    """Take a queued or scheduled job off its queue or schedule; it stays visible as canceled."""
+    job = pending(connection, job_id, ("queued", "scheduled", "deferred"))
+    Scheduler(connection=connection).cancel(job.id)
+    job.cancel()
+
+
+def move(connection: Redis, job_id: str, queue: str) -> None:
+    """Move a queued job to another configured queue, at its end."""
+    check_queue(queue)
+    job = pending(connection, job_id, ("queued",))
+    Queue(job.origin, connection=connection).remove(job.id)
+    Queue(queue, connection=connection).enqueue_job(job)
+
+
+def to_front(connection: Redis, job_id: str) -> None:
+    """Move a queued job to the front of its queue."""
+    job = pending(connection, job_id, ("queued",))
+    rq_queue = Queue(job.origin, connection=connection)
+    with connection.pipeline() as pipe:
+        pipe.lrem(rq_queue.key, 0, job.id)
+        pipe.lpush(rq_queue.key, job.id)
+        pipe.execute()
+
+
+def edit(
+    connection: Redis,
+    job_id: str,
+    args: list[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    timeout: int | None = None,
+) -> Job:
+    """Change a queued or scheduled job's arguments or time-out, checked as at enqueue time."""
+    job = pending(connection, job_id, ("queued", "scheduled", "deferred"))
+    new_args = tuple(args) if args is not None else tuple(job.args)
+    new_kwargs = {**job.kwargs, **(kwargs or {})}
+    name = job.meta.get("rqkit_job")
+    if name:
+        spec = get_spec(name)
+        spec.validate(new_args, new_kwargs)
+        job.description = spec.describe(new_args, new_kwargs)
+    if timeout is not None:
+        if timeout <= 0:
+            raise JobInputError(f"timeout must be a positive number of seconds, got {timeout}")
+        job.timeout = timeout
+    job.args, job.kwargs = list(new_args), new_kwargs
+    job.save()
+    return job

@@ -6,6 +6,8 @@ import hashlib
 import inspect
 import json
 import math
+import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +26,7 @@ from jobs import api, demo, email, images, maintenance, stats
 from jobs.errors import JobInputError, UnknownJobError
 
 WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED)
+TAG = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 DAY = 24 * 3600
 BULK_BATCH = 500
 
@@ -191,11 +194,13 @@ def submit(
     at: datetime | None = None,
     connection: Redis | None = None,
     timeout: int | None = None,
+    tags: list[str] | None = None,
 ) -> Submission:
     """Check the job and its arguments, then put it on its queue (or schedule it `at` a time)."""
     spec = get_spec(name)
     kwargs = kwargs or {}
     spec.validate(args, kwargs)
+    check_tags(tags or [])
     queue_name = queue or spec.queue
     check_queue(queue_name)
     connection = connection or redis_client()
@@ -203,6 +208,8 @@ def submit(
     options = spec.job_options(args, kwargs)
     if timeout is not None:
         options["timeout"] = timeout
+    if tags:
+        options["meta"]["tags"] = list(dict.fromkeys(tags))
     job = rq_queue.create_job(spec.func, args=args, kwargs=kwargs, **options)
     when = at.astimezone(UTC) if at else None
     try:
@@ -264,11 +271,13 @@ def submit_many(
 
 
 def put(queue: Queue, job: Job, when: datetime | None, at_front: bool, pipeline: Any = None) -> None:
-    """Push the job now, or into RQ's scheduled registry if `when` is in the future."""
+    """Push the job now, or into RQ's scheduled registry if `when` is in the future; index its tags."""
     if when and when > datetime.now(UTC):
         queue.schedule_job(job, when, pipeline=pipeline)
     else:
         queue.enqueue_job(job, pipeline=pipeline, at_front=at_front)
+    for tag in job.meta.get("tags", []):  # after RQ's commands: RQ may start the transaction itself
+        (pipeline or queue.connection).zadd(tag_key(tag), {job.id: time.time()})
 
 
 def put_unique(queue: Queue, job: Job, when: datetime | None, at_front: bool) -> Submission:
@@ -298,6 +307,17 @@ def pending_key(job: Job) -> str:
     """The Redis key that names the pending job for this job's name and arguments."""
     payload = json.dumps([job.args, job.kwargs], sort_keys=True).encode()
     return f"rqkit:pending:{job.meta['rqkit_job']}:{hashlib.sha1(payload).hexdigest()[:16]}"
+
+
+def tag_key(tag: str) -> str:
+    """The index of a tag: job ids scored by enqueue time (entries of expired jobs pruned on reading)."""
+    return f"rqkit:tag:{tag}"
+
+
+def check_tags(tags: list[str]) -> None:
+    for tag in tags:
+        if not isinstance(tag, str) or not TAG.match(tag):
+            raise JobInputError(f"tag {tag!r}: 1 to 100 letters, digits and - _ . : (like customer:42)")
 
 
 def check_queue(name: str) -> None:

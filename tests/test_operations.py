@@ -102,3 +102,51 @@ def test_workers_are_listed_killed_and_stopped(connection: Redis, start_worker: 
     assert run("workers", "stop", "nobody").exit_code == 2
     assert run("workers", "stop", worker["name"]).exit_code == 0
     assert process.wait(20) == 0
+
+
+def test_tags_and_jobs_list(connection: Redis, run_jobs: Any) -> None:
+    first = run_json("enqueue", "sleep", "0", "--tag", "customer:42", "--tag", "batch:7")
+    second = run_json("enqueue", "sleep", "1", "--tag", "customer:42")
+    later = run_json("enqueue", "sleep", "2", "--in", "1h")
+    assert run("enqueue", "sleep", "1", "--tag", "bad tag!").exit_code == 2
+    tagged = run_json("jobs", "list", "--tag", "customer:42")
+    assert [row["id"] for row in tagged] == [second["id"], first["id"]]  # newest first
+    assert tagged[1]["tags"] == ["customer:42", "batch:7"]
+    assert [row["id"] for row in run_json("jobs", "list", "--status", "scheduled")] == [later["id"]]
+    assert len(run_json("jobs", "list", "--queue", "default", "--limit", "2")) == 2
+    Job.fetch(first["id"], connection=connection).delete()
+    assert [row["id"] for row in run_json("jobs", "list", "--tag", "customer:42")] == [second["id"]]
+    assert connection.zcard("rqkit:tag:customer:42") == 1  # the deleted job's tag entry was pruned
+
+
+def test_pending_jobs_are_steered_in_place_and_started_ones_refused(
+    connection: Redis, start_worker: Any
+) -> None:
+    a, b, c = (run_json("enqueue", "sleep", str(n))["id"] for n in (1, 2, 3))
+    queue = Queue("default", connection=connection)
+    assert run_json("jobs", "front", c)["done"] == "moved to the front"
+    assert queue.job_ids == [c, a, b]
+    assert run_json("jobs", "move", b, "--to", "maintenance")["done"] == "moved to maintenance"
+    assert queue.job_ids == [c, a] and Queue("maintenance", connection=connection).job_ids == [b]
+    edited = run_json("jobs", "edit", a, "--arg", "0", "--timeout", "30")
+    assert edited["done"] == "now sleep 0 (time-out 30s)"
+    job = Job.fetch(a, connection=connection)
+    assert (list(job.args), job.timeout) == ([0], 30)
+    refused = run("jobs", "edit", a, "--arg", "-4")
+    assert refused.exit_code == 2 and "SECONDS must be a number" in refused.output
+    assert run_json("jobs", "cancel", c)["done"] == "canceled"
+    assert queue.job_ids == [a] and Job.fetch(c, connection=connection).get_status() == "canceled"
+
+    long = run_json("enqueue", "sleep", "30")["id"]
+    start_worker("default")
+    started = Job.fetch(long, connection=connection)
+    wait_until(lambda: started.get_status() == "started")
+    for command in (
+        ["edit", long, "--timeout", "5"],
+        ["cancel", long],
+        ["move", long, "--to", "email"],
+        ["front", long],
+    ):
+        result = run("jobs", *command)
+        assert result.exit_code == 2 and f"job {long} is started" in result.output, command
+    assert run("jobs", "move", a, "--to", "nowhere").exit_code == 2
