@@ -67,6 +67,7 @@ class Settings:
     api_store_ttl: int = 3600
     api_rate_limits: tuple[str, ...] = ()  # "host=10/s" or "host=600/m", shared by every worker
     maintenance_batch_size: int = 1000
+    job_memory_mb: int = 2048  # every job's cap over its work-horse's size at start
     # Tables in the TOML file, JSON in the environment; see jobs/maintenance.py for the fields.
     session_stores: dict[str, dict[str, Any]] = dataclasses.field(
         default_factory=lambda: {"default": {"kind": "sql", "preset": "django"}}
@@ -294,6 +295,7 @@ def validate(settings: Settings) -> None:
         ("api_max_body_kb", settings.api_max_body_kb > 0, "positive"),
         ("api_store_ttl", settings.api_store_ttl > 0, "positive"),
         ("maintenance_batch_size", settings.maintenance_batch_size > 0, "positive"),
+        ("job_memory_mb", settings.job_memory_mb > 0, "positive"),
         (
             "schedule_timezone",
             known_zone(settings.schedule_timezone),

@@ -6,6 +6,7 @@ import logging
 import time
 
 from jobs.errors import JobInputError
+from jobs.failure_policy import retry_only_transient
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +19,7 @@ def check_seconds(seconds: object) -> None:
         raise JobInputError(f"sleep: SECONDS must be a number from 0 to {MAX_SLEEP}, got {seconds!r}")
 
 
+@retry_only_transient
 def sleep(seconds: float) -> dict[str, float]:
     """Sleep for `seconds`, then say so."""
     check_seconds(seconds)

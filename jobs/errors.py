@@ -7,6 +7,7 @@ from config.errors import ConfigError, ToolkitError
 __all__ = [
     "ConfigError",
     "JobInputError",
+    "MemoryLimitError",
     "RejectedError",
     "ToolkitError",
     "UnknownJobError",
@@ -24,6 +25,10 @@ class UnknownJobError(JobInputError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(f"unknown job {name!r}; known jobs: {', '.join(known)}")
         self.known = known
+
+
+class MemoryLimitError(ToolkitError):
+    """The job needed more memory than its cap (never retried)."""
 
 
 class RejectedError(ToolkitError):

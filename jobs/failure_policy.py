@@ -1,25 +1,30 @@
-"""Only transient failures are retried: anything but an UpstreamError ends the job's retries."""
+"""How every job entry point fails: under a memory cap, and retried only for transient errors."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import resource
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from rq import get_current_job
 
-from jobs.errors import UpstreamError
+from config import get_settings
+from jobs.errors import MemoryLimitError, UpstreamError
 
 Result = TypeVar("Result")
 
 
 def retry_only_transient(func: Callable[..., Result]) -> Callable[..., Result]:
-    """Wrap a job entry point: a permanent error (bad input, a 5xx reply, a bug) fails it at once."""
+    """Wrap a job entry point: a memory cap (RQKIT_JOB_MEMORY_MB); anything but an UpstreamError
+    (bad input, a 5xx reply, a bug, the memory limit) fails the job at once, without its retries."""
 
     @functools.wraps(func)
     def entry_point(*args: Any, **kwargs: Any) -> Result:
         try:
-            return func(*args, **kwargs)
+            with memory_cap(get_settings().job_memory_mb):
+                return func(*args, **kwargs)
         except UpstreamError:
             raise
         except Exception:
@@ -29,3 +34,23 @@ def retry_only_transient(func: Callable[..., Result]) -> Callable[..., Result]:
             raise
 
     return entry_point
+
+
+@contextmanager
+def memory_cap(megabytes: int) -> Iterator[None]:
+    """Cap the process's address space at its current size + `megabytes` for the block (RLIMIT_AS):
+    in a work-horse, an allocation over it fails the job with "memory limit" and the worker goes on."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as statm:
+        current = int(statm.read().split()[0]) * resource.getpagesize()
+    cap = current + megabytes * 2**20
+    for limit in (soft, hard):
+        if limit != resource.RLIM_INFINITY:
+            cap = min(cap, limit)  # never loosen a cap already in force
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    except MemoryError:
+        raise MemoryLimitError(f"memory limit: the job needed more than {megabytes} MB") from None
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import resource
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageErro
 
 from config import Settings, get_settings
 from jobs.errors import JobInputError, ToolkitError
+from jobs.failure_policy import memory_cap, retry_only_transient
 from jobs.media import inside_media_root
 
 logger = logging.getLogger(__name__)
@@ -30,10 +30,6 @@ VERSION = 1  # part of every output's marker: bump it when the output changes, a
 REDUCING_GAP = 3.0  # Pillow's reduce() first, then LANCZOS: near a full LANCZOS, much faster
 TEMP_PREFIX = ".rqkit-tmp-"  # files being written; sweeps leave them alone
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"})
-
-
-class MemoryLimitError(ToolkitError):
-    """The job needed more memory than its cap."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +105,7 @@ def check_thumbnail(path: object, sizes: object = None, format: object = None) -
         raise JobInputError(f"thumbnail: no such file: {path}")
 
 
+@retry_only_transient
 def thumbnail(path: str, sizes: list[int] | None = None, format: str | None = None) -> dict[str, Any]:
     """Job: make the thumbnails of one image; report what was written and what was already up to date."""
     settings = get_settings()
@@ -305,24 +302,6 @@ def save(picture: Image.Image, stream: Any, fmt: str, quality: int, marker: str)
 def read_marker(image: Image.Image) -> str:
     raw = image.info.get("comment") or image.info.get("rqkit") or image.info.get("xmp") or b""
     return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-
-
-@contextmanager
-def memory_cap(megabytes: int) -> Iterator[None]:
-    """Cap the process's address space at its current size + `megabytes` for the block (RLIMIT_AS)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    with open("/proc/self/statm") as statm:
-        current = int(statm.read().split()[0]) * resource.getpagesize()
-    cap = current + megabytes * 2**20
-    if hard != resource.RLIM_INFINITY:
-        cap = min(cap, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    try:
-        yield
-    except MemoryError:
-        raise MemoryLimitError(f"memory limit: the job needed more than {megabytes} MB") from None
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def find_images(root: Path, recursive: bool, skip: Path) -> Iterator[Path]:

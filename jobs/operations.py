@@ -6,12 +6,14 @@ from __future__ import annotations
 import socket
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from redis import Redis
 from rq import Queue, Worker
 from rq.command import send_kill_horse_command, send_shutdown_command
+from rq.defaults import DEFAULT_WORKER_TTL
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry
@@ -131,12 +133,21 @@ def workers(connection: Redis) -> list[dict[str, Any]]:
         view = worker_view(worker)
         job = worker.get_current_job()
         view |= {
+            "state": view["state"] if is_alive(worker) else "dead",
             "last_heartbeat": iso(worker.last_heartbeat),
             "job_started_at": iso(job.started_at) if job is not None else None,
             "rss_mb": rss_mb(worker.pid) if worker.hostname == hostname() else None,
         }
         views.append(view)
     return views
+
+
+def is_alive(worker: BaseWorker) -> bool:
+    """A worker whose heartbeat is older than its TTL died without deregistering (kill -9, host lost)."""
+    if worker.last_heartbeat is None:
+        return True
+    age = (datetime.now(UTC) - worker.last_heartbeat.replace(tzinfo=UTC)).total_seconds()
+    return age <= (worker.worker_ttl or DEFAULT_WORKER_TTL)
 
 
 def hostname() -> str:
@@ -218,6 +229,7 @@ def list_jobs(
             for s in ([status] if status else STATUSES)
             for i in job_ids(connection, q, s, PAGE)
         ]
+    alive = {worker.name for worker in Worker.all(connection=connection) if is_alive(worker)}
     rows = []
     for job_id, job in zip(ids, Job.fetch_many(ids, connection=connection), strict=True):
         if job is None:
@@ -227,6 +239,8 @@ def list_jobs(
         row = summary(job)
         if (queue and row["queue"] != queue) or (status and row["status"] != status):
             continue
+        if row["status"] == "started" and job.worker_name not in alive:
+            row["status"] = "abandoned"  # its worker is dead: RQ's cleanup will fail it
         if job_name and row["job"] != job_name:
             continue
         rows.append(row)

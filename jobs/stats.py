@@ -10,6 +10,7 @@ from sqlalchemy import Engine, Table, select
 from config import get_settings, redis_client
 from jobs import content
 from jobs.errors import JobInputError
+from jobs.failure_policy import retry_only_transient
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def count_words(engine: Engine, table: Table) -> tuple[int, int]:
     return words, rows
 
 
+@retry_only_transient
 def word_count(model: str) -> dict[str, int | str]:
     """Job: recount the model's words and cache the total."""
     check_model(model)

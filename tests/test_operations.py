@@ -150,3 +150,21 @@ def test_pending_jobs_are_steered_in_place_and_started_ones_refused(
         result = run("jobs", *command)
         assert result.exit_code == 2 and f"job {long} is started" in result.output, command
     assert run("jobs", "move", a, "--to", "nowhere").exit_code == 2
+
+
+def test_a_dead_worker_and_its_abandoned_job_are_shown_as_such(connection: Redis, start_worker: Any) -> None:
+    from launcher.children import kill_tree
+
+    process = start_worker("default")
+    long = run_json("enqueue", "sleep", "60")["id"]
+    job = Job.fetch(long, connection=connection)
+    wait_until(lambda: job.get_status() == "started")
+    [worker] = run_json("workers")
+    kill_tree(process.pid)  # kill -9: no chance to deregister
+    process.wait()
+    # Its heartbeat lapses after the worker TTL (420 s): stand in for that wait.
+    connection.hset(f"rq:worker:{worker['name']}", "last_heartbeat", "2020-01-01T00:00:00.000000Z")
+    [dead] = run_json("workers")
+    assert (dead["name"], dead["state"]) == (worker["name"], "dead")
+    [row] = run_json("jobs", "list", "--status", "started")
+    assert (row["id"], row["status"]) == (long, "abandoned")

@@ -161,3 +161,14 @@ sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) x: y
 )
 def test_exception_line_is_the_last_exception_without_its_module(text: str, line: str) -> None:
     assert exception_line(text) == line
+
+
+def test_every_job_runs_under_a_memory_cap_that_is_lifted_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobs.errors import MemoryLimitError
+    from jobs.failure_policy import memory_cap
+
+    with pytest.raises(MemoryLimitError, match="memory limit: the job needed more than 10 MB"):
+        with memory_cap(10):
+            bytearray(200 * 2**20)
+    assert len(bytearray(200 * 2**20)) == 200 * 2**20  # the cap is gone again
+    assert all(getattr(spec.func, "__wrapped__", None) for spec in JOBS.values())  # each under the policy
