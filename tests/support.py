@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from typing import Any
 
+from click.testing import CliRunner, Result
+
+from cli import cli
 from config.settings import PROJECT_ROOT
 
 
@@ -29,3 +33,15 @@ def start_python(*args: str, env: dict[str, str] | None = None, **options: Any) 
     return subprocess.Popen(
         [sys.executable, *args], cwd=PROJECT_ROOT, env={**os.environ, **(env or {})}, **options
     )
+
+
+def run(*args: str) -> Result:
+    """`python cli.py ARGS` in-process (click's runner)."""
+    return CliRunner().invoke(cli, list(args))
+
+
+def run_json(*args: str) -> Any:
+    """The one JSON document `python cli.py ARGS --json` prints, after checking it exited 0."""
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)

@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 import pytest
-from click.testing import CliRunner, Result
 from redis import Redis
 from rq import Queue
 from sqlalchemy import Engine
@@ -18,17 +17,7 @@ from sqlalchemy import Engine
 from cli import cli, enqueue
 from jobs import JOBS
 from launcher.redis_server import free_port
-from tests.support import start_python
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args))
-
-
-def run_json(*args: str) -> Any:
-    result = run(*args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+from tests.support import run, run_json, start_python
 
 
 def all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

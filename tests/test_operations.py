@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-from click.testing import CliRunner, Result
 from redis import Redis
 from rq import Queue
 from rq.job import Job
 
-from cli import cli
 from jobs import enqueue
 from jobs.monitoring import wait_for
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args))
-
-
-def run_json(*args: str) -> Any:
-    result = run(*args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+from tests.support import run, run_json
 
 
 def failing(connection: Redis, seconds: float) -> Job:
@@ -92,8 +80,10 @@ def test_workers_are_listed_killed_and_stopped(connection: Redis, start_worker: 
     assert idle.exit_code == 2 and "is not running a job" in idle.output
 
     long = enqueue("sleep", 60)
-    busy = wait_until(lambda: [w for w in run_json("workers") if w["current_job"] == long.id])
-    assert busy[0]["job_started_at"]
+    # The worker names its current job a moment before the job records when it started.
+    assert wait_until(
+        lambda: [w for w in run_json("workers") if w["current_job"] == long.id and w["job_started_at"]]
+    )
     assert run("workers", "kill", worker["name"]).exit_code == 0
     assert wait_for(long, timeout=20).status in ("failed", "stopped")
     assert wait_for(enqueue("sleep", 0), timeout=20).status == "finished"  # the worker goes on

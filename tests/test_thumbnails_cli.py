@@ -6,19 +6,14 @@ import json
 import os
 from typing import Any
 
-from click.testing import CliRunner, Result
 from redis import Redis
 from rq import Queue
 from rq.job import Job
 
-from cli import cli
 from jobs.monitoring import failure_reason
 from tests.conftest import Media
 from tests.pictures import photo
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args))
+from tests.support import run
 
 
 def test_one_job_per_file(media: Media, connection: Redis) -> None:
