@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timedelta
@@ -14,9 +16,11 @@ from typing import Any
 
 import click
 import redis
+from prometheus_client import CollectorRegistry, start_http_server
 
 from config import RedisUnavailable, get_settings, redis_client
 from jobs import api, content, images, monitoring, operations, stats, submit, submit_many
+from jobs import metrics as job_metrics
 from jobs.errors import JobInputError, ToolkitError
 from jobs.media import as_argument
 from launcher import mail_sink
@@ -794,6 +798,27 @@ def workers_stop(name: str) -> None:
     """
     operations.stop_worker(redis_client(), name)
     click.echo(f"asked {name} to shut down")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to serve on.")
+@click.option("--port", default=9182, show_default=True, type=click.IntRange(1, 65535), help="The port.")
+def metrics(host: str, port: int) -> None:
+    """Serve Prometheus metrics at http://HOST:PORT/metrics until Ctrl-C: queue depths per state,
+    workers, rqscheduler instances, job runs by job, queue and outcome, job durations.
+
+    Example: python cli.py metrics --port 9182
+    """
+    registry = CollectorRegistry()
+    registry.register(job_metrics.ToolkitCollector(redis_client()))
+    server, thread = start_http_server(port, host, registry=registry)
+    click.echo(f"metrics on http://{host}:{port}/metrics (Ctrl-C stops)", err=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.shutdown()
+    thread.join()
 
 
 @cli.command()

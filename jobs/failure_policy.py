@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import resource
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 from rq import get_current_job
 
 from config import get_settings
+from jobs import metrics
 from jobs.errors import MemoryLimitError, UpstreamError
 
 Result = TypeVar("Result")
@@ -22,9 +24,12 @@ def retry_only_transient(func: Callable[..., Result]) -> Callable[..., Result]:
 
     @functools.wraps(func)
     def entry_point(*args: Any, **kwargs: Any) -> Result:
+        start, succeeded = time.perf_counter(), False
         try:
             with memory_cap(get_settings().job_memory_mb):
-                return func(*args, **kwargs)
+                result = func(*args, **kwargs)
+            succeeded = True
+            return result
         except UpstreamError:
             raise
         except Exception:
@@ -32,6 +37,8 @@ def retry_only_transient(func: Callable[..., Result]) -> Callable[..., Result]:
             if job is not None:
                 job.retries_left = 0
             raise
+        finally:
+            metrics.record(func.__name__, succeeded, time.perf_counter() - start)
 
     return entry_point
 
