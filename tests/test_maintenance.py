@@ -307,8 +307,9 @@ def test_the_cli_runs_the_defaults(
 
     content.seed(engine, 10, 0)
     with engine.connect() as conn:
+        now = datetime.now(UTC).replace(tzinfo=None)  # sessions expire days from now, never at it
         expired = conn.execute(
-            select(func.count()).where(content.django_session.c.expire_date < NOW)
+            select(func.count()).where(content.django_session.c.expire_date < now)
         ).scalar_one()
     monkeypatch.setenv("RQKIT_THUMBNAILS_DIR", str(tmp_path / "thumbs"))
     make_file(tmp_path / "thumbs" / "128" / "old.jpg.jpg", 10, age_days=200)
