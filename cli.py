@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from jobs import api, content, images, monitoring, operations, stats, submit, su
 from jobs import metrics as job_metrics
 from jobs.errors import JobInputError, ToolkitError
 from jobs.media import as_argument
+from launcher import dashboard as web_dashboard
 from launcher import mail_sink
 from launcher.stack import Stack
 from scheduler import periodic
@@ -926,6 +927,27 @@ def up(workers: int | None, scheduler: bool, dashboard: bool, with_demo: bool) -
             on_ready=(lambda: run_demo(stack)) if with_demo else None,
         )
     )
+
+
+@cli.command()
+@click.option("--host", help="Address to bind (default: RQKIT_DASHBOARD_HOST, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default: RQKIT_DASHBOARD_PORT, 9181).")
+@click.option("--read-only", is_flag=True, help="Refuse requeue, delete, empty and compact.")
+def dashboard(host: str | None, port: int | None, read_only: bool) -> None:
+    """Serve rq-dashboard for the configured Redis, hardened (see launcher/dashboard.py).
+
+    Off loopback it needs RQKIT_DASHBOARD_USERNAME and RQKIT_DASHBOARD_PASSWORD (basic auth).
+
+    Example: python cli.py dashboard --read-only
+    """
+    settings = get_settings()
+    settings = replace(
+        settings,
+        dashboard_host=host or settings.dashboard_host,
+        dashboard_port=port or settings.dashboard_port,
+        dashboard_read_only=read_only or settings.dashboard_read_only,
+    )
+    web_dashboard.serve(settings, announce=lambda line: click.echo(line, err=True))
 
 
 @cli.command("redis")

@@ -35,6 +35,8 @@ class Settings:
     scheduler_interval: float = 5.0
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 9181
+    dashboard_read_only: bool = False  # refuse requeue, delete, empty and compact
+    serializer: str = "pickle"  # how RQ stores job arguments, results and meta: pickle or json
     redis_connect_timeout: float = 2.0
     log_level: str = "INFO"
     media_root: Path = dataclasses.field(default_factory=Path.cwd)  # where job paths may point
@@ -124,6 +126,16 @@ class Settings:
 
 
 SECRETS = frozenset({"dashboard_username", "dashboard_password", "smtp_username", "smtp_password"})
+BOOLEANS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
 SMTP_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 RATE_LIMIT = re.compile(r"^(?P<host>[^=\s]+)=(?P<count>0*[1-9]\d*(?:\.\d+)?|0*\.\d*[1-9]\d*)/(?P<unit>[sm])$")
 # Conventional names first; RQ_REDIS_URL is what the stock `rq` commands read.
@@ -193,17 +205,13 @@ def convert(name: str, raw: Any, source: str) -> Any:
     kind = str(FIELDS[name].type)
     try:
         if kind == "dict[str, dict[str, Any]]":
-            try:
-                table = json.loads(raw, object_pairs_hook=unique_keys) if isinstance(raw, str) else raw
-            except ValueError as exc:
-                raise ConfigError(f"{source}: {exc}") from None
-            if isinstance(table, dict) and all(isinstance(entry, dict) for entry in table.values()):
-                return table
-            raise ValueError(raw)
+            return to_tables(raw, source)
         if kind in ("tuple[str, ...]", "tuple[int, ...]"):
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             names = tuple(str(item).strip() for item in items if str(item).strip())
             return names if kind == "tuple[str, ...]" else tuple(int(name) for name in names)
+        if kind == "bool":
+            return raw if isinstance(raw, bool) else BOOLEANS[str(raw).strip().lower()]
         if kind == "int" and not isinstance(raw, bool):
             return int(raw)
         if kind == "float" and not isinstance(raw, bool):
@@ -212,15 +220,27 @@ def convert(name: str, raw: Any, source: str) -> Any:
             return Path(str(raw)).expanduser().resolve()
         if kind == "str" and isinstance(raw, str):
             return raw
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError):
         pass
     expected = {
         "tuple[str, ...]": "a list of names",
         "tuple[int, ...]": "a list of numbers",
         "Path | None": "a path",
+        "bool": "true or false",
         "dict[str, dict[str, Any]]": "tables of name = {field = value} (JSON in the environment)",
     }
     raise ConfigError(f"{source}: expected {expected.get(kind, kind)}, got {raw!r}")
+
+
+def to_tables(raw: Any, source: str) -> dict[str, dict[str, Any]]:
+    """A table of tables, from TOML as it is or from JSON in the environment."""
+    try:
+        table = json.loads(raw, object_pairs_hook=unique_keys) if isinstance(raw, str) else raw
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if isinstance(table, dict) and all(isinstance(entry, dict) for entry in table.values()):
+        return table
+    raise ValueError(raw)
 
 
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -250,6 +270,7 @@ def validate(settings: Settings) -> None:
         ("workers", settings.workers >= 1, "at least 1"),
         ("scheduler_interval", settings.scheduler_interval > 0, "positive"),
         ("dashboard_port", 1 <= settings.dashboard_port <= 65535, "a port number"),
+        ("serializer", settings.serializer in ("pickle", "json"), "pickle or json"),
         ("redis_connect_timeout", settings.redis_connect_timeout > 0, "positive"),
         ("log_level", settings.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "a log level"),
         (

@@ -8,14 +8,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from redis import Redis
-from rq import Queue, Worker
+from rq import Queue
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.utils import as_text
 from rq.worker import BaseWorker
-from rq_scheduler import Scheduler
 
-from config import get_settings, ping, redis_client
+from config import get_settings, ping, redis_client, rq_classes
 
 TERMINAL = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 
@@ -120,17 +119,19 @@ def worker_view(worker: BaseWorker) -> dict[str, Any]:
 
 def listening_workers(queue_name: str, connection: Redis | None = None) -> list[str]:
     """Names of the workers that listen on `queue_name`."""
-    queue = Queue(queue_name, connection=connection or redis_client())
-    return [worker.name for worker in Worker.all(queue=queue)]
+    queue = rq_classes.Queue(queue_name, connection=connection or redis_client())
+    return [worker.name for worker in rq_classes.Worker.all(queue=queue)]
 
 
 def overview(connection: Redis) -> dict[str, Any]:
     """Counts for every configured or existing queue, every worker, and rq-scheduler's entries."""
     ping(connection)
     names = list(get_settings().queues)
-    names += sorted(q.name for q in Queue.all(connection=connection) if q.name not in names)
+    names += sorted(q.name for q in rq_classes.Queue.all(connection=connection) if q.name not in names)
     return {
-        "queues": [queue_counts(Queue(name, connection=connection)) for name in names],
-        "workers": [worker_view(w) for w in sorted(Worker.all(connection=connection), key=lambda w: w.name)],
-        "rq_scheduler_jobs": connection.zcard(Scheduler.scheduled_jobs_key),
+        "queues": [queue_counts(rq_classes.Queue(name, connection=connection)) for name in names],
+        "workers": [
+            worker_view(w) for w in sorted(rq_classes.Worker.all(connection=connection), key=lambda w: w.name)
+        ],
+        "rq_scheduler_jobs": connection.zcard(rq_classes.Scheduler.scheduled_jobs_key),
     }

@@ -11,16 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
-from rq import Queue, Worker
 from rq.command import send_kill_horse_command, send_shutdown_command
 from rq.defaults import DEFAULT_WORKER_TTL
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
-from rq.registry import FailedJobRegistry
 from rq.worker import BaseWorker
-from rq_scheduler import Scheduler
 
-from config import get_settings
+from config import get_settings, rq_classes
 from jobs.errors import JobInputError
 from jobs.monitoring import failure_reason, worker_view
 from jobs.registry import check_queue, get_spec, tag_key
@@ -30,7 +27,7 @@ PAGE = 500  # ids fetched at a time: a registry is never loaded whole
 
 def fetch(job_id: str, connection: Redis) -> Job:
     try:
-        return Job.fetch(job_id, connection=connection)
+        return rq_classes.Job.fetch(job_id, connection=connection)
     except NoSuchJobError:
         raise JobInputError(f"no job {job_id!r} (it never existed, or expired)") from None
 
@@ -69,17 +66,17 @@ def iso(moment: Any) -> str | None:
 
 def queue_names(connection: Redis) -> list[str]:
     names = list(get_settings().queues)
-    return names + sorted(q.name for q in Queue.all(connection=connection) if q.name not in names)
+    return names + sorted(q.name for q in rq_classes.Queue.all(connection=connection) if q.name not in names)
 
 
 def failed_jobs(connection: Redis, job_name: str | None = None) -> Iterator[Job]:
     """Every failed job of every queue, a page at a time, optionally of one job type."""
     for name in queue_names(connection):
-        registry = FailedJobRegistry(name, connection=connection)
+        registry = rq_classes.Queue(name, connection=connection).failed_job_registry
         start = 0
         while ids := registry.get_job_ids(start, start + PAGE - 1):
             start += PAGE
-            for job in Job.fetch_many(ids, connection=connection):
+            for job in rq_classes.Job.fetch_many(ids, connection=connection):
                 if job is not None and (
                     job_name is None or job.meta.get("rqkit_job", job.func_name) == job_name
                 ):
@@ -102,7 +99,7 @@ def chosen_failed(connection: Redis, ids: list[str], every: bool, job_name: str 
         return list(failed_jobs(connection, job_name))
     jobs = [fetch(job_id, connection) for job_id in ids]
     for job in jobs:
-        if job.id not in FailedJobRegistry(job.origin, connection=connection):
+        if job.id not in rq_classes.Queue(job.origin, connection=connection).failed_job_registry:
             raise JobInputError(f"job {job.id} is not failed (it is {job.get_status().value})")
     return jobs
 
@@ -113,7 +110,7 @@ def requeue_failed(
     """Put failed jobs back on their queues, keeping their ids and history."""
     jobs = chosen_failed(connection, ids, every, job_name)
     for job in jobs:
-        FailedJobRegistry(job.origin, connection=connection).requeue(job.id)
+        rq_classes.Queue(job.origin, connection=connection).failed_job_registry.requeue(job.id)
     return [job.id for job in jobs]
 
 
@@ -122,14 +119,14 @@ def delete_failed(
 ) -> list[str]:
     jobs = chosen_failed(connection, ids, every, job_name)
     for job in jobs:
-        FailedJobRegistry(job.origin, connection=connection).remove(job, delete_job=True)
+        rq_classes.Queue(job.origin, connection=connection).failed_job_registry.remove(job, delete_job=True)
     return [job.id for job in jobs]
 
 
 def workers(connection: Redis) -> list[dict[str, Any]]:
     """Every registered worker, with its last heartbeat, current job and since when, and its RSS."""
     views = []
-    for worker in sorted(Worker.all(connection=connection), key=lambda w: w.name):
+    for worker in sorted(rq_classes.Worker.all(connection=connection), key=lambda w: w.name):
         view = worker_view(worker)
         job = worker.get_current_job()
         view |= {
@@ -166,7 +163,7 @@ def rss_mb(pid: int | None) -> float | None:
 
 
 def known_worker(connection: Redis, name: str) -> BaseWorker:
-    for worker in Worker.all(connection=connection):
+    for worker in rq_classes.Worker.all(connection=connection):
         if worker.name == name:
             return worker
     raise JobInputError(f"no worker named {name!r} (see `python cli.py workers`)")
@@ -193,12 +190,12 @@ STATUSES = ("queued", "started", "scheduled", "deferred", "failed", "finished")
 
 def job_ids(connection: Redis, queue: str, status: str, count: int) -> list[str]:
     """Up to `count` ids of one queue in one state, newest first, read from the end of the list or set."""
-    rq_queue = Queue(queue, connection=connection)
+    rq_queue = rq_classes.Queue(queue, connection=connection)
     if status == "queued":
         return texts(reversed(connection.lrange(rq_queue.key, -count, -1)))
     if status == "scheduled":
         ours = rq_queue.scheduled_job_registry.get_job_ids(0, count - 1, desc=True)
-        theirs = texts(connection.zrevrange(Scheduler.scheduled_jobs_key, 0, count - 1))
+        theirs = texts(connection.zrevrange(rq_classes.Scheduler.scheduled_jobs_key, 0, count - 1))
         return ours + theirs  # rq-scheduler's, which rq-dashboard does not show; filtered by queue below
     registry = getattr(rq_queue, f"{status}_job_registry" if status != "started" else "started_job_registry")
     return registry.get_job_ids(0, count - 1, desc=True, cleanup=False)
@@ -229,9 +226,9 @@ def list_jobs(
             for s in ([status] if status else STATUSES)
             for i in job_ids(connection, q, s, PAGE)
         ]
-    alive = {worker.name for worker in Worker.all(connection=connection) if is_alive(worker)}
+    alive = {worker.name for worker in rq_classes.Worker.all(connection=connection) if is_alive(worker)}
     rows = []
-    for job_id, job in zip(ids, Job.fetch_many(ids, connection=connection), strict=True):
+    for job_id, job in zip(ids, rq_classes.Job.fetch_many(ids, connection=connection), strict=True):
         if job is None:
             if tag is not None:
                 connection.zrem(tag_key(tag), job_id)  # the job expired or was deleted: prune its tag
@@ -273,7 +270,7 @@ def pending(connection: Redis, job_id: str, allowed: tuple[str, ...]) -> Job:
 def cancel(connection: Redis, job_id: str) -> None:
     """Take a queued or scheduled job off its queue or schedule; it stays visible as canceled."""
     job = pending(connection, job_id, ("queued", "scheduled", "deferred"))
-    Scheduler(connection=connection).cancel(job.id)
+    rq_classes.Scheduler(connection=connection).cancel(job.id)
     job.cancel()
 
 
@@ -281,14 +278,14 @@ def move(connection: Redis, job_id: str, queue: str) -> None:
     """Move a queued job to another configured queue, at its end."""
     check_queue(queue)
     job = pending(connection, job_id, ("queued",))
-    Queue(job.origin, connection=connection).remove(job.id)
-    Queue(queue, connection=connection).enqueue_job(job)
+    rq_classes.Queue(job.origin, connection=connection).remove(job.id)
+    rq_classes.Queue(queue, connection=connection).enqueue_job(job)
 
 
 def to_front(connection: Redis, job_id: str) -> None:
     """Move a queued job to the front of its queue."""
     job = pending(connection, job_id, ("queued",))
-    rq_queue = Queue(job.origin, connection=connection)
+    rq_queue = rq_classes.Queue(job.origin, connection=connection)
     with connection.pipeline() as pipe:
         pipe.lrem(rq_queue.key, 0, job.id)
         pipe.lpush(rq_queue.key, job.id)

@@ -20,7 +20,7 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.utils import as_text
 
-from config import RedisUnavailable, Settings, get_settings, redis_client
+from config import RedisUnavailable, Settings, get_settings, redis_client, rq_classes
 from config.connection import url_of
 from jobs import api, demo, email, images, maintenance, stats
 from jobs.errors import JobInputError, UnknownJobError
@@ -204,7 +204,7 @@ def submit(
     queue_name = queue or spec.queue
     check_queue(queue_name)
     connection = connection or redis_client()
-    rq_queue = Queue(queue_name, connection=connection)
+    rq_queue = rq_classes.Queue(queue_name, connection=connection)
     options = spec.job_options(args, kwargs)
     if timeout is not None:
         options["timeout"] = timeout
@@ -253,7 +253,7 @@ def submit_many(
         except JobInputError as exc:
             refused.append((args, str(exc)))
     connection = connection or redis_client()
-    rq_queue = Queue(queue_name, connection=connection)
+    rq_queue = rq_classes.Queue(queue_name, connection=connection)
     jobs: list[Job] = []
     try:
         for start in range(0, len(accepted), BULK_BATCH):
@@ -291,7 +291,7 @@ def put_unique(queue: Queue, job: Job, when: datetime | None, at_front: bool) ->
                 pipe.watch(key)
                 pending_id = pipe.get(key)
                 if pending_id:
-                    pending = Job.fetch_many([as_text(pending_id)], connection=queue.connection)[0]
+                    pending = rq_classes.Job.fetch_many([as_text(pending_id)], connection=queue.connection)[0]
                     if pending is not None and pending.get_status() in absorbing:
                         return Submission(pending, duplicate=True)
                 pipe.multi()

@@ -16,8 +16,12 @@ from typing import IO
 from config import Settings, ToolkitError, redacted_url
 from config.settings import PROJECT_ROOT
 from launcher.children import die_with_parent, kill_tree
-from launcher.redis_server import LOOPBACK, RedisServer, answers, embeddable_address
+from launcher.dashboard import check_address as check_dashboard_address
+from launcher.redis_server import RedisServer, answers, embeddable_address
 
+# The same command lines the README gives for running the parts by hand (plus -S, the serializer).
+WORKER_ARGS = ("worker", "-c", "config.rq", "--with-scheduler")
+SCHEDULER_ARGS = ("--job-class", "config.rq_classes.Job", "--queue-class", "config.rq_classes.Queue")
 COLD_AFTER = 1.5  # seconds between the warm and the cold shutdown signal (RQ wants more than 1)
 
 
@@ -64,6 +68,12 @@ class Stack:
         `prepare` runs once Redis answers, before any other part starts (`up` syncs the schedule)."""
         if self.with_dashboard:
             check_dashboard_address(self.settings)
+            check_free(
+                self.settings.dashboard_host,
+                self.settings.dashboard_port,
+                "dashboard",
+                "RQKIT_DASHBOARD_PORT",
+            )
         if self.with_mail:
             check_free("127.0.0.1", self.settings.smtp_sink_port, "mail sink", "RQKIT_SMTP_SINK_PORT")
         previous = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -127,25 +137,21 @@ class Stack:
     def commands(self) -> list[Child]:
         python = sys.executable
         workers = [
-            Child(f"worker-{i}", [python, "-m", "rq.cli", "worker", "-c", "config.rq", "--with-scheduler"])
+            Child(f"worker-{i}", [python, "-m", "rq.cli", *WORKER_ARGS, "-S", self.settings.serializer])
             for i in range(1, self.workers + 1)
         ]
         scheduler = Child(
             "scheduler",
-            [python, "-m", "rq_scheduler.scripts.rqscheduler", "-i", str(self.settings.scheduler_interval)],
-        )
-        dashboard = Child(
-            "dashboard",
             [
                 python,
                 "-m",
-                "rq_dashboard",
-                "--bind",
-                self.settings.dashboard_host,
-                "--port",
-                str(self.settings.dashboard_port),
+                "rq_scheduler.scripts.rqscheduler",
+                *SCHEDULER_ARGS,
+                "-i",
+                str(self.settings.scheduler_interval),
             ],
         )
+        dashboard = Child("dashboard", [python, "cli.py", "dashboard"])
         mail = Child(
             "mail",
             [
@@ -163,15 +169,8 @@ class Stack:
 
     def child_env(self) -> dict[str, str]:
         url = self.settings.redis_url
-        env = dict(
-            os.environ, REDIS_URL=url, RQ_REDIS_URL=url, RQ_DASHBOARD_REDIS_URL=url, PYTHONUNBUFFERED="1"
-        )
+        env = dict(os.environ, REDIS_URL=url, RQ_REDIS_URL=url, PYTHONUNBUFFERED="1")
         env["RQKIT_MEDIA_ROOT"] = str(self.settings.media_root)  # workers resolve job paths as `up` does
-        if self.settings.dashboard_username:
-            env.update(
-                RQ_DASHBOARD_USERNAME=self.settings.dashboard_username,
-                RQ_DASHBOARD_PASSWORD=self.settings.dashboard_password,
-            )
         return env
 
     def start_children(self) -> None:
@@ -234,17 +233,6 @@ class Stack:
                 self.say(
                     child.name, "stopped" if code in (0, -signal.SIGTERM) else f"stopped (exit code {code})"
                 )
-
-
-def check_dashboard_address(settings: Settings) -> None:
-    """Refuse to serve the dashboard off loopback without basic auth, or on a port already taken."""
-    host, port = settings.dashboard_host, settings.dashboard_port
-    if host not in LOOPBACK and not settings.dashboard_username:
-        raise ToolkitError(
-            f"RQKIT_DASHBOARD_HOST={host} is not loopback: "
-            "set RQKIT_DASHBOARD_USERNAME and RQKIT_DASHBOARD_PASSWORD for basic auth"
-        )
-    check_free(host, port, "dashboard", "RQKIT_DASHBOARD_PORT")
 
 
 def check_free(host: str, port: int, part: str, setting: str) -> None:

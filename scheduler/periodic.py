@@ -19,7 +19,7 @@ from rq.job import Job, JobStatus
 from rq.utils import as_text
 from rq_scheduler import Scheduler
 
-from config import Settings, get_settings, redis_client
+from config import Settings, get_settings, redis_client, rq_classes
 from jobs import get_spec, submit
 from jobs.errors import JobInputError
 from scheduler.schedule import Entry, load_schedule, zone_of
@@ -54,7 +54,7 @@ def sync(settings: Settings | None = None, connection: Redis | None = None) -> C
         entry.name: entry for entry in load_schedule(settings) if entry.enabled
     }  # raises before changes
     connection = connection or redis_client(settings)
-    scheduler = Scheduler(connection=connection)
+    scheduler = rq_classes.Scheduler(connection=connection)
     stored = {as_text(name): as_text(value) for name, value in connection.hgetall(ENTRIES).items()}
     changes = Changes()
     now = datetime.now(UTC)
@@ -77,7 +77,7 @@ def sync(settings: Settings | None = None, connection: Redis | None = None) -> C
 def clear(connection: Redis | None = None) -> list[str]:
     """Remove every entry this toolkit synced, and only those."""
     connection = connection or redis_client()
-    scheduler = Scheduler(connection=connection)
+    scheduler = rq_classes.Scheduler(connection=connection)
     names = sorted(as_text(name) for name in connection.hkeys(ENTRIES))
     for name in names:
         forget(scheduler, connection, name)
@@ -88,7 +88,7 @@ def forget(scheduler: Scheduler, connection: Redis, name: str) -> None:
     pointer = connection.get(next_key(name))
     if pointer:
         scheduler.cancel(as_text(pointer))
-        Job(as_text(pointer), connection=connection).delete()
+        rq_classes.Job(as_text(pointer), connection=connection).delete()
     connection.delete(next_key(name))
     connection.hdel(ENTRIES, name)
 
@@ -126,10 +126,10 @@ def fire(name: str, due: int) -> dict[str, Any]:
     if as_text(connection.get(next_key(name)) or b"") == f"{entry.job_id_prefix}-{due}":
         # From now, not from `due`: after downtime the missed runs collapse into this one.
         upcoming = entry.next_due(datetime.now(UTC), zone_of(settings))
-        schedule_trigger(Scheduler(connection=connection), connection, entry, upcoming)
+        schedule_trigger(rq_classes.Scheduler(connection=connection), connection, entry, upcoming)
     previous = connection.hget(state_key(name), "last_job")
     if previous:
-        busy = Job.fetch_many([as_text(previous)], connection=connection)[0]
+        busy = rq_classes.Job.fetch_many([as_text(previous)], connection=connection)[0]
         status = busy.get_status() if busy is not None else None
         if status in BUSY:
             connection.hincrby(state_key(name), "skipped", 1)
@@ -173,7 +173,11 @@ def listing(settings: Settings | None = None, connection: Redis | None = None) -
         pointer = connection.get(next_key(entry.name))
         due = int(as_text(pointer).rsplit("-", 1)[1]) if pointer else None
         state = {as_text(k): as_text(v) for k, v in connection.hgetall(state_key(entry.name)).items()}
-        last = Job.fetch_many([state["last_job"]], connection=connection)[0] if "last_job" in state else None
+        last = (
+            rq_classes.Job.fetch_many([state["last_job"]], connection=connection)[0]
+            if "last_job" in state
+            else None
+        )
         rows.append(
             {
                 "name": entry.name,

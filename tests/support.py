@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from click.testing import CliRunner, Result
@@ -45,3 +47,13 @@ def run_json(*args: str) -> Any:
     result = run(*args, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    """Poll `condition` until it returns something true, and return that; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

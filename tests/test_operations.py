@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from redis import Redis
@@ -11,7 +10,7 @@ from rq.job import Job
 
 from jobs import enqueue
 from jobs.monitoring import wait_for
-from tests.support import run, run_json
+from tests.support import run, run_json, wait_until
 
 
 def failing(connection: Redis, seconds: float) -> Job:
@@ -60,15 +59,6 @@ def test_failed_jobs_are_grouped_requeued_with_their_ids_and_deleted(
     deleted = run_json("failed", "delete", "--all", "--job", "sleep")
     assert sorted(deleted["deleted"]) == sorted(job.id for job in bad[1:])
     assert run_json("failed", "list") == [] and not connection.exists(bad[1].key)
-
-
-def wait_until(condition: Any, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def test_workers_are_listed_killed_and_stopped(connection: Redis, start_worker: Any) -> None:

@@ -23,19 +23,9 @@ from rq_scheduler import Scheduler
 from launcher.children import descendants
 from launcher.redis_server import RedisServer, answers, free_port
 from tests.pictures import photo
-from tests.support import python, start_python
+from tests.support import python, start_python, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Up:
