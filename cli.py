@@ -223,6 +223,16 @@ def enqueue_sweep_cache(target: str | None, dry_run: bool, **options: Any) -> No
     run_enqueue("sweep-cache", [(args, {"dry_run": True} if dry_run else {})], **options)
 
 
+@enqueue.command("prune-tags")
+@enqueue_options
+def enqueue_prune_tags(**options: Any) -> None:
+    """Drop the jobs that expired or were deleted from every tag index (the schedule does it hourly).
+
+    Example: python cli.py enqueue prune-tags --wait
+    """
+    run_enqueue("prune-tags", [((), {})], **options)
+
+
 @enqueue.command("word-count")
 @click.argument("model", type=click.Choice(sorted(stats.MODELS)))
 @enqueue_options

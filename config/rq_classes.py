@@ -41,9 +41,9 @@ class Worker(rq.Worker):
     job_class = Job
     queue_class: type[rq.Queue] = Queue
 
-    def __init__(self, queues: Any, **kwargs: Any) -> None:
+    def __init__(self, queues: Any, name: str | None = None, **kwargs: Any) -> None:
         kwargs["serializer"] = kwargs.get("serializer") or configured_serializer()
-        super().__init__(queues, **kwargs)
+        super().__init__(queues, name, **kwargs)
 
 
 class Scheduler(rq_scheduler.Scheduler):

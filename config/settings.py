@@ -81,6 +81,7 @@ class Settings:
         default_factory=lambda: {
             "expire-sessions": {"job": "expire-sessions", "cron": "0 * * * *", "description": "hourly"},
             "sweep-caches": {"job": "sweep-cache", "cron": "30 3 * * *", "description": "nightly"},
+            "prune-tags": {"job": "prune-tags", "cron": "15 * * * *", "description": "hourly"},
             "word-count-comment": {"job": "word-count", "args": ["comment"], "every": 600},
             "word-count-article": {"job": "word-count", "args": ["article"], "every": 600},
         }

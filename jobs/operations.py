@@ -20,7 +20,8 @@ from rq.worker import BaseWorker
 from config import get_settings, rq_classes
 from jobs.errors import JobInputError
 from jobs.monitoring import failure_reason, worker_view
-from jobs.registry import check_queue, get_spec, tag_key
+from jobs.registry import check_queue, get_spec
+from jobs.tags import forget, tag_key
 
 PAGE = 500  # ids fetched at a time: a registry is never loaded whole
 
@@ -120,6 +121,7 @@ def delete_failed(
     jobs = chosen_failed(connection, ids, every, job_name)
     for job in jobs:
         rq_classes.Queue(job.origin, connection=connection).failed_job_registry.remove(job, delete_job=True)
+        forget(job, connection)
     return [job.id for job in jobs]
 
 

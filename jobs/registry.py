@@ -6,8 +6,6 @@ import hashlib
 import inspect
 import json
 import math
-import re
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,10 +21,10 @@ from rq.utils import as_text
 from config import RedisUnavailable, Settings, get_settings, redis_client, rq_classes
 from config.connection import url_of
 from jobs import api, demo, email, images, maintenance, stats
+from jobs import tags as tags_index
 from jobs.errors import JobInputError, UnknownJobError
 
 WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED)
-TAG = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 DAY = 24 * 3600
 BULK_BATCH = 500
 
@@ -152,6 +150,13 @@ JOBS: dict[str, JobSpec] = {
             check=maintenance.check_sweep,
         ),
         JobSpec(
+            "prune-tags",
+            tags_index.prune_tags,
+            queue="maintenance",
+            description="Drop the jobs that expired or were deleted from every tag index",
+            timeout=maintenance.JOB_TIMEOUT,
+        ),
+        JobSpec(
             "word-count",
             stats.word_count,
             queue="maintenance",
@@ -200,7 +205,7 @@ def submit(
     spec = get_spec(name)
     kwargs = kwargs or {}
     spec.validate(args, kwargs)
-    check_tags(tags or [])
+    tags_index.check_tags(tags or [])
     queue_name = queue or spec.queue
     check_queue(queue_name)
     connection = connection or redis_client()
@@ -276,8 +281,7 @@ def put(queue: Queue, job: Job, when: datetime | None, at_front: bool, pipeline:
         queue.schedule_job(job, when, pipeline=pipeline)
     else:
         queue.enqueue_job(job, pipeline=pipeline, at_front=at_front)
-    for tag in job.meta.get("tags", []):  # after RQ's commands: RQ may start the transaction itself
-        (pipeline or queue.connection).zadd(tag_key(tag), {job.id: time.time()})
+    tags_index.index(job, pipeline or queue.connection)  # after RQ's commands: RQ may start the transaction
 
 
 def put_unique(queue: Queue, job: Job, when: datetime | None, at_front: bool) -> Submission:
@@ -307,17 +311,6 @@ def pending_key(job: Job) -> str:
     """The Redis key that names the pending job for this job's name and arguments."""
     payload = json.dumps([job.args, job.kwargs], sort_keys=True).encode()
     return f"rqkit:pending:{job.meta['rqkit_job']}:{hashlib.sha1(payload).hexdigest()[:16]}"
-
-
-def tag_key(tag: str) -> str:
-    """The index of a tag: job ids scored by enqueue time (entries of expired jobs pruned on reading)."""
-    return f"rqkit:tag:{tag}"
-
-
-def check_tags(tags: list[str]) -> None:
-    for tag in tags:
-        if not isinstance(tag, str) or not TAG.match(tag):
-            raise JobInputError(f"tag {tag!r}: 1 to 100 letters, digits and - _ . : (like customer:42)")
 
 
 def check_queue(name: str) -> None:

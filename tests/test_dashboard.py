@@ -1,5 +1,6 @@
-"""The dashboard: rq-dashboard behind a CSP with nonces, escaped job data, same-origin POST-only changes,
-read-only mode, basic auth off loopback, and a real headless Chromium that opens a failed job and requeues it."""
+"""The dashboard: rq-dashboard behind a CSP with nonces, escaped job data, same-origin POST-only
+changes, read-only mode, basic auth off loopback, and a real headless Chromium that opens a failed job
+and requeues it."""
 
 from __future__ import annotations
 
@@ -97,7 +98,12 @@ def test_read_only_refuses_every_change(
     monkeypatch.setenv("RQKIT_DASHBOARD_READ_ONLY", "true")
     client = create_app(get_settings()).test_client()
     job = failed_job(connection, run_jobs, -1)
-    for path in (f"/job/{job.id}/requeue", f"/job/{job.id}/delete", "/requeue/default", "/queue/default/compact"):
+    for path in (
+        f"/job/{job.id}/requeue",
+        f"/job/{job.id}/delete",
+        "/requeue/default",
+        "/queue/default/compact",
+    ):
         answer = post(client, path)
         assert answer.status_code == 403 and "read-only" in answer.get_data(as_text=True), path
     assert job.get_status(refresh=True) == "failed"
@@ -123,7 +129,9 @@ def test_basic_auth_guards_every_route(connection: Redis, monkeypatch: pytest.Mo
 def test_an_unreachable_redis_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     answer = get(create_app(get_settings()).test_client(), "/0/data/queues.json")
-    assert answer.status_code == 503 and "Redis is not reachable at redis://127.0.0.1:" in answer.get_data(as_text=True)
+    assert answer.status_code == 503 and "Redis is not reachable at redis://127.0.0.1:" in answer.get_data(
+        as_text=True
+    )
 
 
 def test_off_loopback_it_will_not_start_without_a_password() -> None:
@@ -174,7 +182,9 @@ BROWSER_FLAGS = [
 def browser_page() -> Iterator[Any]:
     """A page in a real headless Chromium; skipped, with the reason, where there is none."""
     if not CHROMIUM:
-        pytest.skip("no headless browser: Debian's chromium is not installed (scripts/test installs it as root)")
+        pytest.skip(
+            "no headless browser: Debian's chromium is not installed (scripts/test installs it as root)"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -148,3 +148,21 @@ def test_a_dead_worker_and_its_abandoned_job_are_shown_as_such(connection: Redis
     assert (dead["name"], dead["state"]) == (worker["name"], "dead")
     [row] = run_json("jobs", "list", "--status", "started")
     assert (row["id"], row["status"]) == (long, "abandoned")
+
+
+def test_tag_indexes_lose_deleted_and_expired_jobs(connection: Redis, run_jobs: Any, media: Any) -> None:
+    (media.root / "notes.txt").write_text("not a picture")
+    broken = run_json("enqueue", "thumbnail", "notes.txt", "--tag", "batch:7")
+    kept = run_json("enqueue", "sleep", "0", "--tag", "batch:7")
+    expired = [run_json("enqueue", "sleep", "0", "--tag", "batch:7", "--tag", f"one:{i}") for i in range(3)]
+    run_jobs()
+    assert run_json("failed", "delete", broken["id"])["deleted"] == [broken["id"]]
+    assert connection.zcard("rqkit:tag:batch:7") == 4  # deleting through the toolkit unindexes the job
+    for row in expired:
+        Job.fetch(row["id"], connection=connection).delete()  # what RQ's result TTL does, unseen by us
+
+    sweep = enqueue("prune-tags")
+    run_jobs()
+    assert sweep.return_value() == {"tags": 4, "entries": 7, "pruned": 6}
+    assert [job_id.decode() for job_id in connection.zrange("rqkit:tag:batch:7", 0, -1)] == [kept["id"]]
+    assert not connection.keys("rqkit:tag:one:*")

@@ -34,6 +34,12 @@ def test_environment_beats_file_and_file_beats_defaults(tmp_path: Path) -> None:
     assert settings.redis_url == "redis://127.0.0.1:7000/2"
 
 
+def test_switches_read_true_and_false_in_both_places(tmp_path: Path) -> None:
+    assert load_settings(write_toml(tmp_path, "dashboard_read_only = true")).dashboard_read_only is True
+    env = write_toml(tmp_path, "dashboard_read_only = true") | {"RQKIT_DASHBOARD_READ_ONLY": "off"}
+    assert load_settings(env).dashboard_read_only is False
+
+
 def test_rq_redis_url_is_read_when_redis_url_is_absent(tmp_path: Path) -> None:
     env = write_toml(tmp_path, "") | {"RQ_REDIS_URL": "redis://127.0.0.1:7001/0"}
     assert load_settings(env).redis_url == "redis://127.0.0.1:7001/0"
@@ -57,6 +63,8 @@ def test_queues_from_the_environment_are_a_comma_list(tmp_path: Path) -> None:
         ({"DATABASE_URL": "content.db"}, "DATABASE_URL"),
         ({"RQKIT_LOG_LEVEL": "LOUD"}, "RQKIT_LOG_LEVEL"),
         ({"RQKIT_DASHBOARD_USERNAME": "admin"}, "RQKIT_DASHBOARD_PASSWORD"),
+        ({"RQKIT_SERIALIZER": "yaml"}, "RQKIT_SERIALIZER: must be pickle or json"),
+        ({"RQKIT_DASHBOARD_READ_ONLY": "maybe"}, "RQKIT_DASHBOARD_READ_ONLY: expected true or false"),
     ],
 )
 def test_bad_environment_values_name_the_variable(tmp_path: Path, env: dict[str, str], named: str) -> None:
@@ -73,6 +81,7 @@ def test_bad_environment_values_name_the_variable(tmp_path: Path, env: dict[str,
         ("dashboard_password = 'hunter2'", "dashboard_password"),
         ("redis_url = 'redis://:hunter2@127.0.0.1:6379/0'", "redis_url"),
         ("workers = ", "config file"),
+        ("dashboard_read_only = 'yes please'", "dashboard_read_only in the config file"),
     ],
 )
 def test_bad_file_values_name_the_setting(tmp_path: Path, toml: str, named: str) -> None:
