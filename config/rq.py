@@ -1,9 +1,12 @@
 """RQ settings module: `rq worker -c config.rq` uses the toolkit's Redis URL and queues."""
 
+import os
+import signal
 import sys
 
 from config.errors import ConfigError
 from config.settings import get_settings
+from launcher.children import die_with_parent
 
 try:
     _settings = get_settings()
@@ -15,6 +18,11 @@ try:
         tls_context(_settings.smtp_ca_file)
 except ConfigError as exc:
     sys.exit(f"config.rq: {exc}")  # one line naming the setting, not a traceback from inside rq
+
+# A worker's forked children (its scheduler process, its work-horses) die with it. Without this, kill -9
+# of a worker leaves its scheduler running with the worker's blocked BLPOP connection still open:
+# Redis hands the next job of those queues to that socket, which nobody reads, and the job is lost.
+os.register_at_fork(after_in_child=lambda: die_with_parent(signal.SIGKILL))
 
 REDIS_URL = _settings.redis_url
 QUEUES = list(_settings.queues)

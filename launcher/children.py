@@ -10,11 +10,11 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if the launcher dies without cleaning up (Linux only)."""
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a child: get `sig` when the parent dies, even by kill -9 (Linux only)."""
     libc = ctypes.CDLL(None, use_errno=True)
     if hasattr(libc, "prctl"):
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_PDEATHSIG, sig)
 
 
 def descendants(pid: int) -> set[int]:

@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 import os
+import signal
 import subprocess
 import zlib
 from collections.abc import Callable, Iterator
@@ -77,18 +78,20 @@ def json_mode(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 @pytest.fixture
 def background() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Start `python ARGS` (rqscheduler, rq worker), killed at the end of the test."""
+    """Start `python ARGS` (rqscheduler, rq worker), killed with their children at the end of the test."""
     started: list[subprocess.Popen[bytes]] = []
 
     def start(*args: str) -> subprocess.Popen[bytes]:
         env = {"RQ_REDIS_URL": os.environ["REDIS_URL"]}
-        process = start_python(*args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = start_python(
+            *args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         started.append(process)
         return process
 
     yield start
     for process in started:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
