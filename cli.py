@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -779,14 +779,30 @@ def workers(ctx: click.Context, as_json: bool) -> None:
 
 
 def render_workers(views: list[dict[str, Any]]) -> str:
-    lines = [f"{'name':<34}{'host':<14}{'pid':>8}  {'state':<10}{'done':>6}{'failed':>7}  current job"]
+    lines = [
+        f"{'name':<34}{'host':<12}{'pid':>8}  {'state':<9}{'done':>6}{'failed':>7}{'RSS MB':>8}"
+        f"{'heartbeat':>11}  current job"
+    ]
     for w in views:
-        job = f"{w['current_job']} since {w['job_started_at']}" if w["current_job"] else "-"
+        job = f"{w['current_job']} for {age(w['job_started_at'])}" if w["current_job"] else "-"
+        rss = "-" if w["rss_mb"] is None else f"{w['rss_mb']:.0f}"
         lines.append(
-            f"{w['name']:<34}{w['hostname']:<14}{w['pid']:>8}  {w['state']:<10}{w['finished']:>6}"
-            f"{w['failed']:>7}  {job}"
+            f"{w['name']:<34}{w['hostname']:<12}{w['pid']:>8}  {w['state']:<9}{w['finished']:>6}"
+            f"{w['failed']:>7}{rss:>8}{age(w['last_heartbeat']) + ' ago':>11}  {job}"
         )
     return "\n".join(lines) if views else "no workers"
+
+
+def age(moment: str | None) -> str:
+    """How long ago an ISO time was, like 42s, 7m or 3h."""
+    if moment is None:
+        return "?"
+    then = datetime.fromisoformat(moment)
+    seconds = max(0, (datetime.now(UTC) - then.replace(tzinfo=then.tzinfo or UTC)).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 @workers.command("kill")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from redis import Redis
@@ -74,6 +75,9 @@ def test_workers_are_listed_killed_and_stopped(connection: Redis, start_worker: 
     assert wait_until(
         lambda: [w for w in run_json("workers") if w["current_job"] == long.id and w["job_started_at"]]
     )
+    header, row = run("workers").output.splitlines()
+    assert header.split()[-6:] == ["failed", "RSS", "MB", "heartbeat", "current", "job"]
+    assert re.search(rf"  busy .* \d+ +\d+s ago  {long.id} for \d+s$", row), row
     assert run("workers", "kill", worker["name"]).exit_code == 0
     assert wait_for(long, timeout=20).status in ("failed", "stopped")
     assert wait_for(enqueue("sleep", 0), timeout=20).status == "finished"  # the worker goes on
