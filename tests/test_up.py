@@ -114,7 +114,7 @@ def test_up_embeds_redis_runs_jobs_and_leaves_nothing_behind(
 
     dashboard = f"http://127.0.0.1:{up.env['RQKIT_DASHBOARD_PORT']}/"
     with urllib.request.urlopen(dashboard, timeout=10) as response:
-        assert response.status == 200
+        assert response.status == 200 and "'nonce-" in response.headers["Content-Security-Policy"]
     called = up.cli_json("enqueue", "api-call", "GET", dashboard, "--wait")
     assert (called["status"], called["result"]["status"]) == ("finished", 200)
 
