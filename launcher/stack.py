@@ -201,7 +201,8 @@ class Stack:
         self.say("up", f"redis      {redacted_url(s.redis_url)}")
         if self.workers:
             queues = ", ".join(s.queues)
-            self.say("up", f"workers    {self.workers} x rq worker -c config.rq --with-scheduler ({queues})")
+            command = " ".join(("rq", *WORKER_ARGS, "-S", s.serializer))
+            self.say("up", f"workers    {self.workers} x {command} ({queues})")
         if self.with_scheduler:
             self.say("up", f"scheduler  rqscheduler, checking every {s.scheduler_interval:g}s")
         if self.with_dashboard:
