@@ -38,8 +38,15 @@ class Queue(rq.Queue):
 
 
 class Worker(rq.Worker):
+    """RQ's forking worker, with a job's heartbeat lasting its monitoring interval plus 15 s (RQ: 60 s):
+    the job of a worker killed mid-job is found abandoned that much sooner, and failed or retried."""
+
     job_class = Job
     queue_class: type[rq.Queue] = Queue
+    heartbeat_grace = 15
+
+    def get_heartbeat_ttl(self, job: rq.job.Job, working_time: float = 0.0) -> int:
+        return super().get_heartbeat_ttl(job, working_time) - 60 + self.heartbeat_grace
 
     def __init__(self, queues: Any, name: str | None = None, **kwargs: Any) -> None:
         kwargs["serializer"] = kwargs.get("serializer") or configured_serializer()

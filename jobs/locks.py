@@ -8,6 +8,11 @@ from contextlib import contextmanager
 
 from redis import Redis
 
+ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('EXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -15,10 +20,13 @@ return 0
 
 
 @contextmanager
-def exclusive(connection: Redis, key: str, seconds: int) -> Iterator[bool]:
-    """Hold `key` for at most `seconds` (make it outlast the job's time-out); yields whether we got it."""
-    token = os.urandom(8).hex()
-    acquired = bool(connection.set(key, token, nx=True, ex=seconds))
+def exclusive(connection: Redis, key: str, seconds: int, owner: str | None = None) -> Iterator[bool]:
+    """Hold `key` for at most `seconds` (make it outlast the job's time-out); yields whether we got it.
+
+    An `owner` (a job id) also gets a lock that it holds already: the lock of a run cut short, which
+    the same job, run again after its worker died, takes over instead of waiting for it to expire."""
+    token = owner or os.urandom(8).hex()
+    acquired = bool(connection.eval(ACQUIRE, 1, key, token, seconds))
     try:
         yield acquired
     finally:

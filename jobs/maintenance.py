@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from rq import get_current_job
 from sqlalchemy import Engine, MetaData, Table, delete, func, select
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
@@ -165,7 +166,9 @@ def locked_run(
     job: str, name: str, dry_run: bool, work: Callable[[Report], None], settings: Settings
 ) -> dict[str, Any]:
     """Run `work` under the lock of this job and target, timed; "already running" if another holds it."""
-    with exclusive(redis_client(settings), f"rqkit:lock:{job}:{name}", LOCK_SECONDS) as acquired:
+    current = get_current_job()
+    owner = current.id if current else None
+    with exclusive(redis_client(settings), f"rqkit:lock:{job}:{name}", LOCK_SECONDS, owner) as acquired:
         if not acquired:
             return {"target": name, "status": "already running"}
         report = Report(name, dry_run)

@@ -26,6 +26,9 @@ from jobs.errors import JobInputError, UnknownJobError
 
 WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED)
 DAY = 24 * 3600
+# For jobs that are safe to run again: failure_policy fails their own errors at once, so only a run
+# cut short (its worker killed, its work-horse dead) is retried, at once and then a minute later.
+RERUN_IF_CUT_SHORT = (0, 60)
 BULK_BATCH = 500
 
 
@@ -105,6 +108,7 @@ JOBS: dict[str, JobSpec] = {
             description="Make bounded thumbnails of the image at PATH (sizes and format from settings)",
             timeout_setting="thumbnail_timeout",
             check=images.check_thumbnail,
+            retry_intervals=RERUN_IF_CUT_SHORT,
         ),
         JobSpec(
             "email",
@@ -140,6 +144,7 @@ JOBS: dict[str, JobSpec] = {
             description="Delete the expired sessions of a store (settings: session_stores), in batches",
             timeout=maintenance.JOB_TIMEOUT,
             check=maintenance.check_expire,
+            retry_intervals=RERUN_IF_CUT_SHORT,
         ),
         JobSpec(
             "sweep-cache",
@@ -148,6 +153,7 @@ JOBS: dict[str, JobSpec] = {
             description="Sweep cache TARGET or all (settings: cache_targets) of old, idle or excess entries",
             timeout=maintenance.JOB_TIMEOUT,
             check=maintenance.check_sweep,
+            retry_intervals=RERUN_IF_CUT_SHORT,
         ),
         JobSpec(
             "prune-tags",
@@ -155,6 +161,7 @@ JOBS: dict[str, JobSpec] = {
             queue="maintenance",
             description="Drop the jobs that expired or were deleted from every tag index",
             timeout=maintenance.JOB_TIMEOUT,
+            retry_intervals=RERUN_IF_CUT_SHORT,
         ),
         JobSpec(
             "word-count",
@@ -164,6 +171,7 @@ JOBS: dict[str, JobSpec] = {
             timeout=30 * 60,
             unique=True,
             check=stats.check_model,
+            retry_intervals=RERUN_IF_CUT_SHORT,
         ),
     )
 }

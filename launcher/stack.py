@@ -20,7 +20,22 @@ from launcher.dashboard import check_address as check_dashboard_address
 from launcher.redis_server import RedisServer, answers, embeddable_address
 
 # The same command lines the README gives for running the parts by hand (plus -S, the serializer).
-WORKER_ARGS = ("worker", "-c", "config.rq", "--with-scheduler")
+# A job of a worker killed mid-job is found abandoned, and failed or retried, within about 45 s: its
+# heartbeat lapses after 5 + 15 s, and a live worker sweeps the registries every 10 to 25 s.
+WORKER_ARGS = (
+    "worker",
+    "-c",
+    "config.rq",
+    "--with-scheduler",
+    "-w",
+    "config.rq_classes.Worker",
+    "--worker-ttl",
+    "40",
+    "--job-monitoring-interval",
+    "5",
+    "--maintenance-interval",
+    "10",
+)
 SCHEDULER_ARGS = ("--job-class", "config.rq_classes.Job", "--queue-class", "config.rq_classes.Queue")
 COLD_AFTER = 1.5  # seconds between the warm and the cold shutdown signal (RQ wants more than 1)
 

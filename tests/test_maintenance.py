@@ -219,6 +219,19 @@ def test_a_second_run_of_the_same_sweep_reports_already_running(
     assert connection.exists("rqkit:lock:expire-sessions:app") == 0
 
 
+def test_a_run_cut_short_leaves_its_lock_to_its_rerun(
+    stores: Any, connection: Redis, tmp_path: Path, run_jobs: Any
+) -> None:
+    """The same job, run again after its worker died, takes over the lock its first run left."""
+    stores(app={"kind": "sql", "preset": "django", "url": f"sqlite:///{tmp_path / 'x.db'}"})
+    fill(f"sqlite:///{tmp_path / 'x.db'}", "django")
+    rerun = enqueue("expire-sessions", "app")
+    connection.set("rqkit:lock:expire-sessions:app", rerun.id)
+    run_jobs()
+    assert rerun.return_value()["status"] == "done" and rerun.return_value()["deleted"] == ROWS // 2
+    assert not connection.exists("rqkit:lock:expire-sessions:app")  # released at the end
+
+
 def make_file(path: Path, size: int, age_days: float, used_days_ago: float | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"x" * size)
