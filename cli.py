@@ -25,6 +25,7 @@ from jobs.errors import JobInputError, ToolkitError
 from jobs.media import as_argument
 from launcher import dashboard as web_dashboard
 from launcher import mail_sink
+from launcher.redis_server import check_free
 from launcher.stack import Stack
 from scheduler import periodic
 
@@ -187,7 +188,7 @@ def render_submission(report: dict[str, Any]) -> str:
     return line
 
 
-@enqueue.command("sleep")
+@enqueue.command("sleep", context_settings={"ignore_unknown_options": True})  # -1 is a number here
 @click.argument("seconds", type=float)
 @enqueue_options
 def enqueue_sleep(seconds: float, **options: Any) -> None:
@@ -618,11 +619,12 @@ def jobs_list(
     Example: python cli.py jobs list --status failed --job email --limit 20
     """
     rows = operations.list_jobs(redis_client(), queue, status, tag, job_name, limit)
+    width = max((len(row["id"]) for row in rows), default=0)  # rq-scheduler's ids are longer than uuids
     emit(
         rows,
         as_json,
         lambda rs: (
-            "\n".join(f"{r['id']}  {r['status']:<10}{r['queue']:<12}{r['description']}" for r in rs)
+            "\n".join(f"{r['id']:<{width}}  {r['status']:<10}{r['queue']:<12}{r['description']}" for r in rs)
             or "no jobs"
         ),
     )
@@ -836,6 +838,7 @@ def metrics(host: str, port: int) -> None:
 
     Example: python cli.py metrics --port 9182
     """
+    check_free(host, port, "metrics", "--port")
     registry = CollectorRegistry()
     registry.register(job_metrics.ToolkitCollector(redis_client()))
     server, thread = start_http_server(port, host, registry=registry)

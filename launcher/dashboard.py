@@ -32,7 +32,7 @@ from rq.job import requeue_job
 
 from config import RedisUnavailable, Settings, ToolkitError
 from config.rq_classes import Job, Queue, Worker, configured_serializer
-from launcher.redis_server import LOOPBACK
+from launcher.redis_server import LOOPBACK, check_free
 
 STATE_CHANGES = {
     "rq_dashboard.delete_job_view",
@@ -171,6 +171,9 @@ def serve(settings: Settings, announce: Callable[[str], None]) -> None:
     import waitress
 
     check_address(settings)
+    check_free(
+        settings.dashboard_host, settings.dashboard_port, "dashboard", "--port or RQKIT_DASHBOARD_PORT"
+    )
     app = create_app(settings)
     announce(f"dashboard on http://{settings.dashboard_host}:{settings.dashboard_port}")
     waitress.serve(app, host=settings.dashboard_host, port=settings.dashboard_port, threads=4, ident="rqkit")

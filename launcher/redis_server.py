@@ -41,6 +41,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def check_free(host: str, port: int, part: str, setting: str) -> None:
+    """Refuse to start `part` on an address that something else already holds."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ToolkitError(
+                f"{part} address {host}:{port} is not free ({exc.strerror}); set {setting}"
+            ) from exc
+
+
 class RedisServer:
     """A redis-server child process bound to loopback, with append-only persistence in `data_dir`."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -13,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
-from config import Settings, ToolkitError, redacted_url
+from config import Settings, redacted_url
 from config.settings import PROJECT_ROOT
 from launcher.children import die_with_parent, kill_tree
 from launcher.dashboard import check_address as check_dashboard_address
-from launcher.redis_server import RedisServer, answers, embeddable_address
+from launcher.redis_server import RedisServer, answers, check_free, embeddable_address
 
 # The same command lines the README gives for running the parts by hand (plus -S, the serializer).
 # A job of a worker killed mid-job is found abandoned, and failed or retried, within about 45 s: its
@@ -36,7 +35,6 @@ WORKER_ARGS = (
     "--maintenance-interval",
     "10",
 )
-SCHEDULER_ARGS = ("--job-class", "config.rq_classes.Job", "--queue-class", "config.rq_classes.Queue")
 COLD_AFTER = 1.5  # seconds between the warm and the cold shutdown signal (RQ wants more than 1)
 
 
@@ -156,15 +154,7 @@ class Stack:
             for i in range(1, self.workers + 1)
         ]
         scheduler = Child(
-            "scheduler",
-            [
-                python,
-                "-m",
-                "rq_scheduler.scripts.rqscheduler",
-                *SCHEDULER_ARGS,
-                "-i",
-                str(self.settings.scheduler_interval),
-            ],
+            "scheduler", [python, "-m", "scheduler", "-i", str(self.settings.scheduler_interval)]
         )
         dashboard = Child("dashboard", [python, "cli.py", "dashboard"])
         mail = Child(
@@ -219,7 +209,10 @@ class Stack:
             command = " ".join(("rq", *WORKER_ARGS, "-S", s.serializer))
             self.say("up", f"workers    {self.workers} x {command} ({queues})")
         if self.with_scheduler:
-            self.say("up", f"scheduler  rqscheduler, checking every {s.scheduler_interval:g}s")
+            self.say(
+                "up",
+                f"scheduler  python -m scheduler (rq-scheduler), checking every {s.scheduler_interval:g}s",
+            )
         if self.with_dashboard:
             self.say("up", f"dashboard  http://{s.dashboard_host}:{s.dashboard_port}")
         if self.with_mail:
@@ -249,15 +242,3 @@ class Stack:
                 self.say(
                     child.name, "stopped" if code in (0, -signal.SIGTERM) else f"stopped (exit code {code})"
                 )
-
-
-def check_free(host: str, port: int, part: str, setting: str) -> None:
-    """Refuse to start `part` on an address that something else already holds."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise ToolkitError(
-                f"{part} address {host}:{port} is not free ({exc.strerror}); set {setting}"
-            ) from exc

@@ -109,6 +109,26 @@ def start_worker(connection: Redis) -> Iterator[Callable[..., subprocess.Popen[b
             process.wait()
 
 
+@pytest.fixture
+def processes() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start `python ARGS` (rqscheduler, `python -m scheduler`, rq worker) in its own session, with
+    RQ_REDIS_URL set as the bare rqscheduler reads it; each is killed with its children at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        env = {"RQ_REDIS_URL": os.environ["REDIS_URL"], **(env or {})}
+        process = start_python(
+            *args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @dataclass
 class Media:
     """A private media root (the current directory) and thumbnails root."""

@@ -49,11 +49,13 @@ def run_json(*args: str) -> Any:
     return json.loads(result.stdout)
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+def wait_until(
+    condition: Callable[[], Any], timeout: float = 30, what: str = "condition", every: float = 0.1
+) -> Any:
     """Poll `condition` until it returns something true, and return that; fail after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := condition():
             return value
-        time.sleep(0.1)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")

@@ -68,6 +68,7 @@ def test_enqueue_in_and_at_schedule_the_job(connection: Redis) -> None:
         (["enqueue", "sleeep", "1"], f"unknown job 'sleeep'; known jobs: {', '.join(sorted(JOBS))}"),
         (["enqueue", "sleep", "abc"], "'abc' is not a valid float"),
         (["enqueue", "sleep", "99999"], "SECONDS must be a number from 0 to 3600"),
+        (["enqueue", "sleep", "-1"], "SECONDS must be a number from 0 to 3600, got -1"),
         (["enqueue", "sleep"], "Missing argument 'SECONDS'"),
         (["enqueue", "word-count", "post"], "'post' is not one of 'article', 'comment'"),
         (["enqueue", "sleep", "1", "--in", "5 minutes"], "not a duration like 30s"),

@@ -134,6 +134,12 @@ def test_an_unreachable_redis_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+def test_a_port_in_use_is_one_line(served: str) -> None:
+    result = run("dashboard", "--port", served.rsplit(":", 1)[1])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("Error: dashboard address 127.0.0.1:") and "is not free" in result.output
+
+
 def test_off_loopback_it_will_not_start_without_a_password() -> None:
     result = run("dashboard", "--host", "0.0.0.0")
     assert result.exit_code == 1

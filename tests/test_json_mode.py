@@ -6,11 +6,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
-import signal
-import subprocess
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,10 +17,10 @@ from config import get_settings, rq_classes
 from jobs import enqueue
 from jobs.monitoring import wait_for
 from launcher.dashboard import create_app
-from launcher.stack import SCHEDULER_ARGS
 from scheduler import periodic
-from tests.support import python, run, run_json, start_python, wait_until
+from tests.support import python, run, run_json, wait_until
 
+STOCK_SCHEDULER_ARGS = ("--job-class", "config.rq_classes.Job", "--queue-class", "config.rq_classes.Queue")
 PICKLE = b"\x80"  # every pickle of protocol 2 and up starts with the PROTO opcode
 
 
@@ -76,31 +73,13 @@ def json_mode(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def background() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Start `python ARGS` (rqscheduler, rq worker), killed with their children at the end of the test."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: str) -> subprocess.Popen[bytes]:
-        env = {"RQ_REDIS_URL": os.environ["REDIS_URL"]}
-        process = start_python(
-            *args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def test_json_mode_end_to_end_writes_no_pickle(
-    json_mode: dict[str, str], connection: Redis, background: Any
+    json_mode: dict[str, str], connection: Redis, processes: Any
 ) -> None:
     periodic.sync()
-    background("-m", "rq_scheduler.scripts.rqscheduler", *SCHEDULER_ARGS, "-i", "1")
-    background("-m", "rq.cli", "worker", "-c", "config.rq", "-S", "json", "--with-scheduler")
+    # The stock rqscheduler, as the README runs it by hand in JSON mode (`up` runs `python -m scheduler`).
+    processes("-m", "rq_scheduler.scripts.rqscheduler", *STOCK_SCHEDULER_ARGS, "-i", "1")
+    processes("-m", "rq.cli", "worker", "-c", "config.rq", "-S", "json", "--with-scheduler")
 
     tagged = run_json("enqueue", "sleep", "0", "--tag", "batch:7")
     later = run_json("enqueue", "sleep", "0", "--in", "1s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -13,7 +14,7 @@ from rq import Queue
 
 from jobs import enqueue
 from launcher.redis_server import free_port
-from tests.support import start_python
+from tests.support import run, start_python
 
 
 def scrape(url: str) -> str:
@@ -50,3 +51,12 @@ def test_metrics_show_queues_workers_runs_and_durations(connection: Redis, run_j
     assert 'rqkit_job_duration_seconds_count{job="sleep"} 3.0' in text
     assert 'rqkit_job_duration_seconds_bucket{job="sleep",le="0.01"} 2.0' in text  # 0 s and the failure
     assert "rqkit_scheduler_instances 0.0" in text and 'rqkit_workers{state="idle"} 0.0' in text
+
+
+def test_a_port_in_use_is_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = run("metrics", "--port", str(taken.getsockname()[1]))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "metrics address 127.0.0.1:" in result.output and "is not free" in result.output

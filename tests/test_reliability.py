@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis import Redis
 
 from config import get_settings
-from jobs import enqueue
+from jobs import enqueue, submit, submit_many
 from jobs.monitoring import wait_for
 from jobs.registry import RERUN_IF_CUT_SHORT
 from launcher.children import descendants
+from launcher.redis_server import RedisServer, free_port
 from launcher.stack import WORKER_ARGS
+from scheduler import periodic
 from tests.pictures import photo
-from tests.support import wait_until
+from tests.support import python, wait_until
+from tests.test_schedule import fired
 
 ABANDONED_WITHIN = 60  # s: heartbeat 5 + 15 s, then a registry sweep every 10 s, at most 25 s apart
 
@@ -76,3 +84,72 @@ def test_a_job_cut_short_by_kill_9_is_found_abandoned_and_rerun_elsewhere(
     assert job.retries_left == len(RERUN_IF_CUT_SHORT) - 1
     assert all(media.output(size, "huge.png.jpg").exists() for size in get_settings().thumbnail_sizes)
     print(f"abandoned job detected {detected:.1f} s after kill -9, then rerun to the end")
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may shut down and start again on the same data."""
+    server = RedisServer(free_port(), tmp_path / "redis").start()
+    monkeypatch.setenv("REDIS_URL", server.url)
+    get_settings.cache_clear()
+    yield server
+    server.stop()
+
+
+def held(connection: Redis, queued: list[str], scheduled: list[str]) -> tuple[int, int]:
+    """How many of `queued` are in the queue, and of `scheduled` in RQ's scheduled registry."""
+    in_queue = {job_id.decode() for job_id in connection.lrange("rq:queue:default", 0, -1)}
+    in_registry = {job_id.decode() for job_id in connection.zrange("rq:scheduled:default", 0, -1)}
+    return len(in_queue & set(queued)), len(in_registry & set(scheduled))
+
+
+def statuses(connection: Redis, ids: list[str]) -> Counter[str]:
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hget(f"rq:job:{job_id}", "status")
+        return Counter((status or b"missing").decode() for status in pipe.execute())
+
+
+def result_counts(connection: Redis, ids: list[str]) -> Counter[int]:
+    """How many results each job has: 1 for a job that ran once."""
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.xlen(f"rq:results:{job_id}")
+        return Counter(pipe.execute())
+
+
+@pytest.mark.timeout(600)
+def test_a_redis_restart_keeps_every_job_and_everything_reconnects(
+    own_redis: RedisServer, processes: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """10,000 queued and 1,000 scheduled jobs survive SHUTDOWN and a start on the same data; the workers
+    and `python -m scheduler`, running all along, reconnect by themselves and run each job once."""
+    connection = Redis.from_url(own_redis.url)
+    monkeypatch.setenv("RQKIT_SCHEDULE", json.dumps({"tick": {"job": "sleep", "args": [0], "every": 2}}))
+    get_settings.cache_clear()
+    periodic.sync()
+    assert python("-m", "rq.cli", "suspend", "-c", "config.rq").returncode == 0  # hold the work
+    for _ in range(2):
+        processes("-m", "rq.cli", *WORKER_ARGS, "default")
+    processes("-m", "scheduler", "-i", "1")
+
+    queued = [job.id for job in submit_many("sleep", [(0,)] * 10_000).jobs]
+    due = datetime.now(UTC) + timedelta(seconds=20)
+    scheduled = [submit("sleep", (0,), at=due).job.id for _ in range(1_000)]
+    before = held(connection, queued, scheduled)
+    assert before == (10_000, 1_000)
+
+    connection.shutdown()  # SHUTDOWN: Redis flushes its append-only file and exits
+    assert own_redis.process is not None and own_redis.process.wait(10) == 0
+    time.sleep(2)  # the workers and the scheduler meet a closed port meanwhile
+    restarted = time.time()
+    own_redis.start()
+    assert held(connection, queued, scheduled) == before
+    assert statuses(connection, queued + scheduled) == {"queued": 10_000, "scheduled": 1_000}
+
+    assert python("-m", "rq.cli", "resume", "-c", "config.rq").returncode == 0
+    everything = queued + scheduled
+    wait_until(lambda: statuses(connection, everything) == {"finished": 11_000}, 400, "every job", every=2)
+    assert result_counts(connection, queued + scheduled) == {1: 11_000}  # each ran exactly once
+    wait_until(lambda: [d for d in fired(connection, "tick") if d > restarted], 20, "the schedule to fire")
+    print(f"before and after the restart: {before[0]:,} queued, {before[1]:,} scheduled; all ran once")

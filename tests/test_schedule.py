@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -19,7 +17,6 @@ from rq_scheduler import Scheduler
 from config import ConfigError, get_settings, load_settings
 from scheduler import periodic
 from scheduler.schedule import Entry, load_schedule
-from tests.support import start_python
 
 pytestmark = pytest.mark.slow
 
@@ -135,25 +132,6 @@ def test_an_invalid_schedule_changes_nothing(monkeypatch: pytest.MonkeyPatch, co
     with pytest.raises(ConfigError, match="schedule entry 'b'"):
         periodic.sync()
     assert scheduled_ids(connection) == before
-
-
-@pytest.fixture
-def processes() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Start `python ARGS` processes (rqscheduler, rq worker) that are stopped at the end of the test."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        env = {"RQ_REDIS_URL": os.environ["REDIS_URL"], **(env or {})}  # what the bare rqscheduler reads
-        process = start_python(
-            *args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
-        process.wait()
 
 
 RQSCHEDULER = ("-m", "rq_scheduler.scripts.rqscheduler", "-i", "1")
