@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from config import get_settings
+from config import RedisUnavailable, get_settings, rq_classes
 from jobs import enqueue, submit, submit_many
 from jobs.monitoring import wait_for
 from jobs.registry import RERUN_IF_CUT_SHORT
@@ -128,10 +128,15 @@ def test_a_redis_restart_keeps_every_job_and_everything_reconnects(
     monkeypatch.setenv("RQKIT_SCHEDULE", json.dumps({"tick": {"job": "sleep", "args": [0], "every": 2}}))
     get_settings.cache_clear()
     periodic.sync()
-    assert python("-m", "rq.cli", "suspend", "-c", "config.rq").returncode == 0  # hold the work
     for _ in range(2):
         processes("-m", "rq.cli", *WORKER_ARGS, "default")
     processes("-m", "scheduler", "-i", "1")
+    wait_until(lambda: len(blocked_clients(connection)) == 2, what="the workers")
+    # Hold the work: suspend the workers, and wake each from its wait for a job to notice.
+    assert python("-m", "rq.cli", "suspend", "-c", "config.rq").returncode == 0
+    submit_many("sleep", [(0,)] * 2)
+    states = lambda: [w.get_state() for w in rq_classes.Worker.all(connection=connection)]  # noqa: E731
+    wait_until(lambda: states() == ["suspended"] * 2, what="the workers to be suspended")
 
     queued = [job.id for job in submit_many("sleep", [(0,)] * 10_000).jobs]
     due = datetime.now(UTC) + timedelta(seconds=20)
@@ -153,3 +158,35 @@ def test_a_redis_restart_keeps_every_job_and_everything_reconnects(
     assert result_counts(connection, queued + scheduled) == {1: 11_000}  # each ran exactly once
     wait_until(lambda: [d for d in fired(connection, "tick") if d > restarted], 20, "the schedule to fire")
     print(f"before and after the restart: {before[0]:,} queued, {before[1]:,} scheduled; all ran once")
+
+
+def test_while_redis_is_away_enqueue_fails_cleanly_and_nothing_crashes(
+    own_redis: RedisServer, processes: Any
+) -> None:
+    """Enqueue says which Redis is unreachable and writes nothing; idle workers and the scheduler wait
+    for it without exiting or spinning, and the work resumes when it is back."""
+    connection = Redis.from_url(own_redis.url)
+    worker = processes("-m", "rq.cli", *WORKER_ARGS, "default")
+    scheduler = processes("-m", "scheduler", "-i", "1")
+    wait_until(lambda: blocked_clients(connection), what="the worker")
+    own_redis.stop()
+
+    refused = python("cli.py", "enqueue", "sleep", "0")
+    assert refused.returncode == 1 and refused.stderr == f"Error: Redis is not reachable at {own_redis.url}\n"
+    with pytest.raises(RedisUnavailable):
+        submit_many("sleep", [(0,)] * 100)
+    cpu_before = cpu_seconds(worker.pid) + cpu_seconds(scheduler.pid)
+    time.sleep(8)
+    assert worker.poll() is None and scheduler.poll() is None  # no exit, so no crash loop under `up`
+    assert cpu_seconds(worker.pid) + cpu_seconds(scheduler.pid) - cpu_before < 1.0  # and no spinning
+
+    own_redis.start()
+    assert not connection.keys("rq:job:*")  # the refused enqueues left nothing behind
+    job = enqueue("sleep", 0)
+    assert wait_for(job, timeout=60).status == "finished"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
