@@ -126,7 +126,7 @@ def prepare(
         html=html,
         attachments=[attachment(path, settings) for path in attachments or []],
     )
-    key = idempotency_key or derived_key(draft, template, context)
+    key = derived_key(draft, template, context) if idempotency_key is None else idempotency_key
     if not isinstance(key, str) or not key.strip():
         raise JobInputError(f"email: idempotency_key must be a non-empty string, got {idempotency_key!r}")
     return replace(draft, key=key)

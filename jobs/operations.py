@@ -29,7 +29,7 @@ PAGE = 500  # ids fetched at a time: a registry is never loaded whole
 def fetch(job_id: str, connection: Redis) -> Job:
     try:
         return rq_classes.Job.fetch(job_id, connection=connection)
-    except NoSuchJobError:
+    except (NoSuchJobError, ValueError):  # ValueError: not even a possible id (RQ checks the characters)
         raise JobInputError(f"no job {job_id!r} (it never existed, or expired)") from None
 
 

@@ -20,7 +20,7 @@ BATCH_ROWS = 1000
 
 def check_model(model: object) -> None:
     """Refuse anything but a known model name."""
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         raise JobInputError(f"word-count: MODEL must be one of {', '.join(MODELS)}, got {model!r}")
 
 
