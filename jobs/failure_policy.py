@@ -38,7 +38,7 @@ def retry_only_transient(func: Callable[..., Result]) -> Callable[..., Result]:
                 job.retries_left = 0
             raise
         finally:
-            metrics.record(func.__name__, succeeded, time.perf_counter() - start)
+            metrics.record(succeeded, time.perf_counter() - start)
 
     return entry_point
 

@@ -16,7 +16,7 @@ from redis import Redis
 from rq import get_current_job
 from rq.utils import as_text
 
-from jobs.monitoring import overview
+from jobs.monitoring import name_of, overview
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +24,12 @@ RUNS, SECONDS, BUCKETS = "rqkit:metrics:runs", "rqkit:metrics:seconds", "rqkit:m
 LIMITS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
 
-def record(func_name: str, succeeded: bool, seconds: float) -> None:
+def record(succeeded: bool, seconds: float) -> None:
     """Count one run of the current RQ job (outside RQ, nothing); never fails the job."""
     job = get_current_job()
     if job is None:
         return
-    name = job.meta.get("rqkit_job", func_name)
+    name = name_of(job)
     try:
         with job.connection.pipeline(transaction=False) as pipe:
             pipe.hincrby(RUNS, f"{name}\t{job.origin}\t{'succeeded' if succeeded else 'failed'}", 1)

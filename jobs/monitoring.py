@@ -73,6 +73,11 @@ def wait_for_all(
     return [outcomes[job.id] for job in jobs]
 
 
+def name_of(job: Job) -> str:
+    """The registry name a job was enqueued under, else (enqueued without the toolkit) its function."""
+    return str(job.meta.get("rqkit_job") or job.func_name)
+
+
 def failure_reason(job: Job) -> str:
     """The exception line of the job's traceback, e.g. `JobInputError: sleep: SECONDS must be ...`."""
     result = job.latest_result()

@@ -19,7 +19,7 @@ from rq.worker import BaseWorker
 
 from config import get_settings, rq_classes
 from jobs.errors import JobInputError
-from jobs.monitoring import failure_reason, worker_view
+from jobs.monitoring import failure_reason, name_of, worker_view
 from jobs.registry import check_queue, get_spec
 from jobs.tags import forget, tag_key
 
@@ -39,7 +39,7 @@ def job_view(job_id: str, connection: Redis) -> dict[str, Any]:
     result = job.latest_result()
     return {
         "id": job.id,
-        "job": job.meta.get("rqkit_job", job.func_name),
+        "job": name_of(job),
         "function": job.func_name,
         "args": list(job.args),
         "kwargs": job.kwargs,
@@ -79,7 +79,7 @@ def failed_jobs(connection: Redis, job_name: str | None = None) -> Iterator[Job]
             start += PAGE
             for job in rq_classes.Job.fetch_many(ids, connection=connection):
                 if job is not None and (
-                    job_name is None or job.meta.get("rqkit_job", job.func_name) == job_name
+                    job_name is None or name_of(job) == job_name
                 ):
                     yield job
 
@@ -87,7 +87,7 @@ def failed_jobs(connection: Redis, job_name: str | None = None) -> Iterator[Job]
 def failed_groups(connection: Redis) -> list[dict[str, Any]]:
     """Failed jobs grouped by job and reason, the largest groups first."""
     counts = Counter(
-        (job.meta.get("rqkit_job", job.func_name), failure_reason(job)) for job in failed_jobs(connection)
+        (name_of(job), failure_reason(job)) for job in failed_jobs(connection)
     )
     return [{"job": job, "reason": reason, "count": count} for (job, reason), count in counts.most_common()]
 
@@ -250,7 +250,7 @@ def list_jobs(
 def summary(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
-        "job": job.meta.get("rqkit_job", job.func_name),
+        "job": name_of(job),
         "status": job.get_status(refresh=False).value,
         "queue": job.origin,
         "tags": job.meta.get("tags", []),

@@ -33,6 +33,7 @@ def test_metrics_show_queues_workers_runs_and_durations(connection: Redis, run_j
     enqueue("sleep", 0)
     enqueue("sleep", 0.05)
     Queue("default", connection=connection).enqueue("jobs.demo.sleep", -1, meta={"rqkit_job": "sleep"})
+    Queue("default", connection=connection).enqueue("jobs.demo.sleep", -2)  # not through the toolkit
     run_jobs()
     enqueue("sleep", 1)  # left queued
     port = free_port()
@@ -45,7 +46,9 @@ def test_metrics_show_queues_workers_runs_and_durations(connection: Redis, run_j
         server.send_signal(signal.SIGINT)
         assert server.wait(20) == 0
     assert 'rqkit_queue_jobs{queue="default",state="queued"} 1.0' in text
-    assert 'rqkit_queue_jobs{queue="default",state="failed"} 1.0' in text
+    assert 'rqkit_queue_jobs{queue="default",state="failed"} 2.0' in text
+    # A job enqueued without the toolkit goes by its function's path, as in `jobs list` and `failed list`.
+    assert 'rqkit_job_runs_total{job="jobs.demo.sleep",outcome="failed",queue="default"} 1.0' in text
     assert 'rqkit_job_runs_total{job="sleep",outcome="succeeded",queue="default"} 2.0' in text
     assert 'rqkit_job_runs_total{job="sleep",outcome="failed",queue="default"} 1.0' in text
     assert 'rqkit_job_duration_seconds_count{job="sleep"} 3.0' in text
