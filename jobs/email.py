@@ -108,6 +108,15 @@ def prepare(
     reply_to: str | list[str] | None = None,
 ) -> Draft:
     """Check every part of a message and render its template; raise JobInputError naming what is wrong."""
+    for name, value, kind in [
+        ("text", text, str),
+        ("html", html, str),
+        ("template", template, str),
+        ("context", context, dict),
+        ("attachments", attachments, list),
+    ]:
+        if value is not None and not isinstance(value, kind):
+            raise JobInputError(f"email: {name} must be a {kind.__name__}, got {value!r}")
     if template is not None:
         rendered = render_template(template, context or {})
         subject = subject or rendered["subject"]
@@ -134,6 +143,8 @@ def prepare(
 
 def addresses(value: str | list[str] | None, header: str, required: bool = False) -> list[str]:
     """Plain addresses (a@example.com), each checked; a display name or a newline is refused."""
+    if value is not None and not isinstance(value, str | list):
+        raise JobInputError(f"email: {header}: give an address or a list of them, got {value!r}")
     items = [value] if isinstance(value, str) else list(value or [])
     if required and not items:
         raise JobInputError(f"email: {header}: at least one address is needed")

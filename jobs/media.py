@@ -9,6 +9,8 @@ from jobs.errors import JobInputError
 
 def inside_media_root(path: str, media_root: Path, what: str) -> Path:
     """The real path of `path` (relative to the media root, or absolute), refused unless inside it."""
+    if "\x00" in path:
+        raise JobInputError(f"{what}: a path cannot hold a NUL character: {path!r}")
     resolved = (media_root / path).resolve()
     if not resolved.is_relative_to(media_root):
         raise JobInputError(f"{what}: {path} is outside the media root {media_root}")

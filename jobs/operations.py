@@ -78,17 +78,13 @@ def failed_jobs(connection: Redis, job_name: str | None = None) -> Iterator[Job]
         while ids := registry.get_job_ids(start, start + PAGE - 1):
             start += PAGE
             for job in rq_classes.Job.fetch_many(ids, connection=connection):
-                if job is not None and (
-                    job_name is None or name_of(job) == job_name
-                ):
+                if job is not None and (job_name is None or name_of(job) == job_name):
                     yield job
 
 
 def failed_groups(connection: Redis) -> list[dict[str, Any]]:
     """Failed jobs grouped by job and reason, the largest groups first."""
-    counts = Counter(
-        (name_of(job), failure_reason(job)) for job in failed_jobs(connection)
-    )
+    counts = Counter((name_of(job), failure_reason(job)) for job in failed_jobs(connection))
     return [{"job": job, "reason": reason, "count": count} for (job, reason), count in counts.most_common()]
 
 

@@ -33,6 +33,7 @@ KNOWN_BAD: list[tuple[str, tuple[Any, ...], dict[str, Any], str]] = [
     ("thumbnail", ("missing.jpg",), {}, "missing.jpg"),
     ("thumbnail", ("/etc/passwd",), {}, "outside the media root"),
     ("thumbnail", ("../x.jpg",), {}, "outside the media root"),
+    ("thumbnail", ("a\x00.jpg",), {}, "cannot hold a NUL character"),
     ("thumbnail", ("photo.jpg",), {"sizes": [0]}, "a size must be a whole number from 1 to 8192, got 0"),
     ("thumbnail", ("photo.jpg",), {"sizes": [100_000]}, "got 100000"),
     ("thumbnail", ("photo.jpg",), {"format": "gif"}, "format"),
@@ -83,7 +84,7 @@ JSON_VALUES = st.recursive(
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     args=st.lists(JSON_VALUES, max_size=4),
     kwargs=st.dictionaries(st.text(max_size=12), JSON_VALUES, max_size=3),
