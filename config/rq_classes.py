@@ -15,7 +15,9 @@ from typing import Any
 import rq
 import rq.job
 import rq_scheduler
-from redis.exceptions import ConnectionError, RedisError, TimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.serializers import DefaultSerializer, JSONSerializer
 
 from config.settings import get_settings
@@ -50,6 +52,10 @@ class Worker(rq.Worker):
     queue_class: type[rq.Queue] = Queue
     heartbeat_grace = 15
 
+    def __init__(self, queues: Any, name: str | None = None, **kwargs: Any) -> None:
+        kwargs["serializer"] = kwargs.get("serializer") or configured_serializer()
+        super().__init__(queues, name, **kwargs)
+
     def get_heartbeat_ttl(self, job: rq.job.Job, working_time: float = 0.0) -> int:
         return super().get_heartbeat_ttl(job, working_time) - 60 + self.heartbeat_grace
 
@@ -59,13 +65,9 @@ class Worker(rq.Worker):
         while True:
             try:
                 return super().check_for_suspension(burst)
-            except (ConnectionError, TimeoutError) as exc:
+            except (RedisConnectionError, RedisTimeoutError) as exc:
                 self.log.warning("Worker %s: Redis is unreachable (%s); retrying in 2 s", self.name, exc)
                 time.sleep(2)
-
-    def __init__(self, queues: Any, name: str | None = None, **kwargs: Any) -> None:
-        kwargs["serializer"] = kwargs.get("serializer") or configured_serializer()
-        super().__init__(queues, name, **kwargs)
 
 
 class Scheduler(rq_scheduler.Scheduler):
@@ -82,8 +84,8 @@ class Scheduler(rq_scheduler.Scheduler):
             started = time.monotonic()
             try:
                 return super().run(burst)
-            except RedisError as exc:
-                if self.stopping or not isinstance(exc, ConnectionError | TimeoutError):
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if self.stopping:
                     raise
                 wait = 1.0 if time.monotonic() - started > 60 else min(wait * 2, 30)
                 self.log.warning("Redis is unreachable (%s); trying again in %.0f s", exc, wait)

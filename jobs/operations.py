@@ -15,6 +15,7 @@ from rq.command import send_kill_horse_command, send_shutdown_command
 from rq.defaults import DEFAULT_WORKER_TTL
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.registry import FailedJobRegistry
 from rq.worker import BaseWorker
 
 from config import get_settings, rq_classes
@@ -70,10 +71,14 @@ def queue_names(connection: Redis) -> list[str]:
     return names + sorted(q.name for q in rq_classes.Queue.all(connection=connection) if q.name not in names)
 
 
+def failed_registry(queue: str, connection: Redis) -> FailedJobRegistry:
+    return rq_classes.Queue(queue, connection=connection).failed_job_registry
+
+
 def failed_jobs(connection: Redis, job_name: str | None = None) -> Iterator[Job]:
     """Every failed job of every queue, a page at a time, optionally of one job type."""
     for name in queue_names(connection):
-        registry = rq_classes.Queue(name, connection=connection).failed_job_registry
+        registry = failed_registry(name, connection)
         start = 0
         while ids := registry.get_job_ids(start, start + PAGE - 1):
             start += PAGE
@@ -96,7 +101,7 @@ def chosen_failed(connection: Redis, ids: list[str], every: bool, job_name: str 
         return list(failed_jobs(connection, job_name))
     jobs = [fetch(job_id, connection) for job_id in ids]
     for job in jobs:
-        if job.id not in rq_classes.Queue(job.origin, connection=connection).failed_job_registry:
+        if job.id not in failed_registry(job.origin, connection):
             raise JobInputError(f"job {job.id} is not failed (it is {job.get_status().value})")
     return jobs
 
@@ -107,7 +112,7 @@ def requeue_failed(
     """Put failed jobs back on their queues, keeping their ids and history."""
     jobs = chosen_failed(connection, ids, every, job_name)
     for job in jobs:
-        rq_classes.Queue(job.origin, connection=connection).failed_job_registry.requeue(job.id)
+        failed_registry(job.origin, connection).requeue(job.id)
     return [job.id for job in jobs]
 
 
@@ -116,7 +121,7 @@ def delete_failed(
 ) -> list[str]:
     jobs = chosen_failed(connection, ids, every, job_name)
     for job in jobs:
-        rq_classes.Queue(job.origin, connection=connection).failed_job_registry.remove(job, delete_job=True)
+        failed_registry(job.origin, connection).remove(job, delete_job=True)
         forget(job, connection)
     return [job.id for job in jobs]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from itertools import islice
 from typing import Any
 
 from redis import Redis
@@ -54,22 +55,15 @@ def prune_tags() -> dict[str, int]:
     report = {"tags": 0, "entries": 0, "pruned": 0}
     for key in connection.scan_iter(match=PREFIX + "*", count=BATCH):
         report["tags"] += 1
-        batch: list[bytes] = []
-        for job_id, _ in connection.zscan_iter(key, count=BATCH):
-            batch.append(job_id)
-            if len(batch) == BATCH:
-                report["pruned"] += prune_batch(connection, key, batch)
-                report["entries"] += len(batch)
-                batch = []
-        report["pruned"] += prune_batch(connection, key, batch)
-        report["entries"] += len(batch)
+        ids = (job_id for job_id, _ in connection.zscan_iter(key, count=BATCH))
+        while batch := list(islice(ids, BATCH)):
+            report["entries"] += len(batch)
+            report["pruned"] += prune_batch(connection, key, batch)
     return report
 
 
 def prune_batch(connection: Redis, key: bytes, job_ids: list[bytes]) -> int:
     """Drop the ids in `job_ids` whose job hash is gone; how many went."""
-    if not job_ids:
-        return 0
     with connection.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
             pipe.exists(Job.key_for(job_id.decode()))

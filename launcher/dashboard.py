@@ -25,7 +25,7 @@ from typing import Any
 
 import rq_dashboard.default_settings
 import rq_dashboard.web as dashboard
-from flask import Flask, Response, abort, g, request
+from flask import Flask, Response, abort, request
 from markupsafe import escape
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq.job import requeue_job
@@ -135,7 +135,7 @@ def harden(response: Response) -> Response:
     """Add the security headers; give the page's own scripts the nonce; escape raw-HTML data."""
     response.headers.update(SECURITY_HEADERS)
     if response.mimetype == "text/html":
-        nonce = g.setdefault("nonce", secrets.token_urlsafe(18))
+        nonce = secrets.token_urlsafe(18)
         response.headers["Content-Security-Policy"] = CSP.format(nonce=nonce)
         # The page is rendered from rq-dashboard's templates only: job data arrive later, as JSON.
         html = response.get_data(as_text=True).replace("<script", f'<script nonce="{nonce}"')
@@ -158,12 +158,14 @@ def escape_strings(value: Any, keep: frozenset[str]) -> Any:
 
 
 def check_address(settings: Settings) -> None:
-    """Refuse to serve the dashboard off loopback without basic auth."""
-    if settings.dashboard_host not in LOOPBACK and not settings.dashboard_username:
+    """Refuse to serve the dashboard off loopback without basic auth, or on an address already taken."""
+    host, port = settings.dashboard_host, settings.dashboard_port
+    if host not in LOOPBACK and not settings.dashboard_username:
         raise ToolkitError(
-            f"RQKIT_DASHBOARD_HOST={settings.dashboard_host} is not loopback: "
+            f"RQKIT_DASHBOARD_HOST={host} is not loopback: "
             "set RQKIT_DASHBOARD_USERNAME and RQKIT_DASHBOARD_PASSWORD for basic auth"
         )
+    check_free(host, port, "dashboard", "RQKIT_DASHBOARD_PORT (or --port)")
 
 
 def serve(settings: Settings, announce: Callable[[str], None]) -> None:
@@ -171,9 +173,6 @@ def serve(settings: Settings, announce: Callable[[str], None]) -> None:
     import waitress
 
     check_address(settings)
-    check_free(
-        settings.dashboard_host, settings.dashboard_port, "dashboard", "--port or RQKIT_DASHBOARD_PORT"
-    )
     app = create_app(settings)
     announce(f"dashboard on http://{settings.dashboard_host}:{settings.dashboard_port}")
     waitress.serve(app, host=settings.dashboard_host, port=settings.dashboard_port, threads=4, ident="rqkit")

@@ -81,12 +81,6 @@ class Stack:
         `prepare` runs once Redis answers, before any other part starts (`up` syncs the schedule)."""
         if self.with_dashboard:
             check_dashboard_address(self.settings)
-            check_free(
-                self.settings.dashboard_host,
-                self.settings.dashboard_port,
-                "dashboard",
-                "RQKIT_DASHBOARD_PORT",
-            )
         if self.with_mail:
             check_free("127.0.0.1", self.settings.smtp_sink_port, "mail sink", "RQKIT_SMTP_SINK_PORT")
         previous = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
