@@ -474,12 +474,14 @@ def rq_systems(work: Path) -> list[System]:
     plain = [py, "-m", "rq.cli", "worker", "-n", WORKER_NAME]
     simple = [*plain, "-w", "rq.worker.SimpleWorker"]
     toolkit = [py, "-m", "rq.cli", *WORKER_ARGS, "-S", get_settings().serializer, "-n", WORKER_NAME]
+    in_process = [part.replace("ForkingWorker", "InProcessWorker") for part in toolkit]
     bare = [py, str(work / "bare_worker.py")]
     version = rq.__version__
     rq_rows = [
         ("rq-simple", f"RQ {version} SimpleWorker", simple, False),
         ("rq-fork", f"RQ {version} Worker (fork per job)", plain, True),
-        ("toolkit", "toolkit worker (as up runs it)", toolkit, True),
+        ("toolkit", "toolkit ForkingWorker (as up runs it)", toolkit, True),
+        ("toolkit-inproc", "toolkit InProcessWorker", in_process, False),
     ]
     return [System("bare", "bare redis-py: BRPOP, json.loads, call", "", py, "bare", bare, bare)] + [
         System(key, label, "", py, "rq", [*worker, "--burst", QUEUE], [*worker, QUEUE], burst=True, fork=fork)

@@ -27,7 +27,7 @@ WORKER_ARGS = (
     "config.rq",
     "--with-scheduler",
     "-w",
-    "config.rq_classes.Worker",
+    "config.fast_worker.ForkingWorker",
     "--worker-ttl",
     "40",
     "--job-monitoring-interval",

@@ -15,6 +15,7 @@ from rq import SimpleWorker
 from sqlalchemy import Engine
 
 from config import get_settings
+from config.fast_worker import InProcessWorker
 from jobs import content
 from launcher.redis_server import RedisServer, free_port
 from tests.support import start_python
@@ -68,12 +69,13 @@ def fresh_settings() -> Iterator[None]:
     get_settings.cache_clear()
 
 
-@pytest.fixture
-def run_jobs(connection: Redis) -> Callable[[], None]:
-    """Run every queued job in-process, then return (RQ's burst SimpleWorker)."""
+@pytest.fixture(params=[SimpleWorker, InProcessWorker], ids=["rq", "toolkit"])
+def run_jobs(connection: Redis, request: pytest.FixtureRequest) -> Callable[[], None]:
+    """Run every queued job in-process, then return: each test that uses it runs twice, under RQ's burst
+    SimpleWorker and under the toolkit's InProcessWorker, which must give the same outcomes."""
 
     def run() -> None:
-        SimpleWorker(list(get_settings().queues), connection=connection).work(burst=True)
+        request.param(list(get_settings().queues), connection=connection).work(burst=True)
 
     return run
 

@@ -33,7 +33,12 @@ from jobs.errors import JobInputError
 from jobs.maintenance import expire_sessions, sweep_cache
 from jobs.monitoring import wait_for
 
-NOW = datetime.now(UTC).replace(tzinfo=None)
+
+def now() -> datetime:
+    """Naive UTC, as the session tables store it (taken per use: the suite runs for minutes)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
 ROWS, BATCH = 2550, 500  # several batches and a partial last one
 
 
@@ -77,9 +82,9 @@ def fill(url: str, preset: str) -> set[str]:
     for i in range(ROWS):
         expired = i % 2 == 0
         if preset == "rails":  # expired = not updated within its max age (14 days)
-            moment = NOW - timedelta(days=20 if expired else 1)
+            moment = now() - timedelta(days=20 if expired else 1)
         else:
-            moment = NOW + timedelta(hours=-1 if expired else 1)
+            moment = now() + timedelta(hours=-1 if expired else 1)
         key = f"s{i:05}"
         row = {when: moment}
         row |= (
@@ -156,8 +161,8 @@ def test_a_custom_table_and_columns(tmp_path: Path, stores: Any) -> None:
         conn.execute(
             insert(table),
             [
-                {"token": "old", "valid_until": NOW - timedelta(minutes=1)},
-                {"token": "new", "valid_until": NOW + timedelta(minutes=1)},
+                {"token": "old", "valid_until": now() - timedelta(minutes=1)},
+                {"token": "new", "valid_until": now() + timedelta(hours=1)},
             ],
         )
     stores(

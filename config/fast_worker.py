@@ -1,0 +1,443 @@
+"""The toolkit's fast workers: RQ's data model and semantics, in a fraction of RQ's round trips.
+
+A job's start is one Lua script (pop, execution record, started registry, job and worker state) and a
+plain success one more (result stream, finished registry, TTLs, cleanup): the keys and fields RQ's own
+worker writes, so `rq info`, rq-dashboard, `rq requeue` and a stock `rq worker` on the same queues all
+read them as RQ's. Everything else (failures, retries, `Retry` results, callbacks, webhooks, repeats,
+rate limits, dependents, result_ttl=0, time-outs, stop commands) goes through RQ's own code.
+
+- `InProcessWorker` runs jobs in its own process, like RQ's SimpleWorker.
+- `ForkingWorker` runs each job in a fresh forked work-horse, like RQ's Worker; the horse hands a
+  plain success back to the worker through a pipe, so it never opens a Redis connection of its own.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import sys
+import time
+from base64 import b64decode
+from contextlib import suppress
+from typing import Any, NamedTuple
+from uuid import uuid4
+
+import redis.exceptions
+from rq.defaults import DEFAULT_WORKER_TTL, RQ_KEY_PREFIX
+from rq.exceptions import DequeueTimeout
+from rq.executions import Execution
+from rq.job import Job, Retry
+from rq.queue import Queue
+from rq.results import Result
+from rq.timeouts import JobTimeoutException
+from rq.utils import now, utcformat
+from rq.worker import WorkerStatus
+
+from config import rq_classes
+
+SUSPENDED = "suspended"
+
+# One script per job: record the last job's plain success (if any), then claim the next job (if KEYS
+# names queues). ARGV: the number of success arguments, the success arguments, the claim arguments.
+#
+# Success: prefix, worker, job id, execution id, queue, ended (RQ's date format), ended (s), result TTL,
+# seconds worked, the worker's TTL, then the result's stream fields. A job with dependents gets
+# {'dependents'} and nothing written: RQ's own success handling enqueues them.
+#
+# Claim (KEYS: the queues, in order): prefix, worker, now (s), now (RQ's date format), execution id, the
+# id a blocking wait popped already ('' to pop here), whether that one sits in KEYS[1]'s intermediate
+# list, then the heartbeat rule: monitoring interval, grace, in-process flag, RQ's default worker TTL.
+# Replies {} (no job), {'suspended'}, or {queue, job id, the job's hash}.
+STEP = """
+local function record(a)
+  local prefix, worker, id, eid, queue, stamp, ttl = a[1], a[2], a[3], a[4], a[5], a[6], tonumber(a[8])
+  local jobkey = prefix .. ':job:' .. id
+  if redis.call('EXISTS', jobkey .. ':dependents') == 1 then return false end
+  local wkey = prefix .. ':worker:' .. worker
+  redis.call('HINCRBY', wkey, 'successful_job_count', 1)
+  redis.call('HINCRBYFLOAT', wkey, 'total_working_time', a[9])
+  if redis.call('EXISTS', jobkey) == 1 then
+    redis.call('HSET', jobkey, 'status', 'finished', 'ended_at', stamp, 'last_heartbeat', stamp)
+    local results = prefix .. ':results:' .. id
+    redis.call('XADD', results, 'MAXLEN', 10, '*', unpack(a, 11))
+    if ttl == -1 then
+      redis.call('PERSIST', results)
+      redis.call('ZADD', prefix .. ':finished:' .. queue, '+inf', id)
+    else
+      redis.call('EXPIRE', results, ttl)
+      redis.call('ZADD', prefix .. ':finished:' .. queue, math.floor(tonumber(a[7])) + ttl, id)
+      redis.call('EXPIRE', jobkey, ttl)
+      redis.call('EXPIRE', jobkey .. ':dependents', ttl)
+      redis.call('EXPIRE', prefix .. ':job::' .. id .. ':dependencies', ttl)  -- sic: RQ's key
+    end
+  end
+  local composite = id .. ':' .. eid
+  redis.call('DEL', prefix .. ':execution:' .. composite)
+  redis.call('ZREM', prefix .. ':wip:' .. queue, composite)
+  redis.call('ZREM', prefix .. ':executions:' .. id, eid)
+  redis.call('SREM', wkey .. ':executions', composite)
+  redis.call('HSET', wkey, 'state', 'idle', 'last_heartbeat', stamp)
+  redis.call('EXPIRE', wkey, a[10])
+  return true
+end
+
+local function claim(a)
+  local prefix, worker, now, stamp, eid, id = a[1], a[2], tonumber(a[3]), a[4], a[5], a[6]
+  local qkey
+  if id ~= '' then
+    qkey = KEYS[1]
+    if a[7] == '1' then redis.call('LREM', qkey .. ':intermediate', 1, id) end
+    if redis.call('EXISTS', prefix .. ':job:' .. id) == 0 then return {} end
+  else
+    if redis.call('EXISTS', prefix .. ':suspended') == 1 then return {'suspended'} end
+    for i = 1, #KEYS do
+      while true do
+        id = redis.call('LPOP', KEYS[i])
+        if not id then break end
+        if redis.call('EXISTS', prefix .. ':job:' .. id) == 1 then qkey = KEYS[i] break end
+      end
+      if qkey then break end
+    end
+    if not qkey then return {} end
+  end
+  local jobkey = prefix .. ':job:' .. id
+  local interval, grace, default_ttl = tonumber(a[8]), tonumber(a[9]), tonumber(a[11])
+  local timeout = tonumber(redis.call('HGET', jobkey, 'timeout'))
+  local ttl
+  if a[10] == '1' then
+    if timeout == -1 then ttl = default_ttl else ttl = (timeout or default_ttl) + grace end
+  elseif timeout and timeout > 0 then
+    ttl = math.floor(math.min(timeout, interval)) + grace
+  else
+    ttl = interval + grace
+  end
+  local second = math.floor(now)
+  local composite = id .. ':' .. eid
+  local execution = prefix .. ':execution:' .. composite
+  redis.call('HSET', execution, 'id', eid, 'job_id', id, 'created_at', a[3], 'last_heartbeat', a[3],
+    'worker_name', worker)
+  redis.call('EXPIRE', execution, ttl)
+  redis.call('ZADD', prefix .. ':executions:' .. id, second + ttl + 60, eid)
+  redis.call('EXPIRE', prefix .. ':executions:' .. id, ttl + 60)
+  local queue = string.sub(qkey, #prefix + 8)
+  redis.call('ZADD', prefix .. ':wip:' .. queue, second + ttl, composite)
+  local wkey = prefix .. ':worker:' .. worker
+  redis.call('SADD', wkey .. ':executions', composite)
+  redis.call('HSET', wkey, 'state', 'busy', 'last_heartbeat', stamp)
+  redis.call('EXPIRE', wkey, ttl)
+  redis.call('EXPIRE', wkey .. ':executions', ttl)
+  redis.call('HSET', jobkey, 'last_heartbeat', stamp, 'status', 'started', 'started_at', stamp,
+    'worker_name', worker)
+  redis.call('PERSIST', jobkey)
+  return {queue, id, redis.call('HGETALL', jobkey)}
+end
+
+local n = tonumber(ARGV[1])
+if n > 0 and not record({unpack(ARGV, 2, n + 1)}) then return {'dependents'} end
+if #KEYS == 0 then return {} end
+return claim({unpack(ARGV, n + 2)})
+"""
+
+
+class Success(NamedTuple):
+    """A plain success that the next script records: the job, its queue and execution, its result."""
+
+    job: Job
+    queue: Queue
+    execution: Execution
+    fields: list[Any]  # the result stream entry, as XADD's field-value list
+
+
+class FastWorker(rq_classes.Worker):
+    """What both fast workers share: one script per job, RQ's own code for everything else."""
+
+    in_process = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._step = self.connection.register_script(STEP)
+        self._beaten = 0.0
+        self._unrecorded: Success | None = None
+
+    # The claim does the suspension check and the heartbeat that RQ's loop does around each job.
+    def check_for_suspension(self, burst: bool) -> None:
+        pass
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if timeout is None and pipeline is None and time.monotonic() - self._beaten < 1:
+            return
+        self._beaten = time.monotonic()
+        super().heartbeat(timeout, pipeline)
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        """Claim the first job of the queues, in the script that records the last one's success; else
+        wait for one as RQ does (BLMOVE into the queue's intermediate list for one queue, BLPOP for
+        several) and claim that."""
+        burst = timeout is None
+        idle_since = time.monotonic()
+        backoff = 1.0
+        while True:
+            try:
+                claimed = self.claim()
+                if claimed == SUSPENDED:
+                    super().check_for_suspension(burst)  # waits while suspended, or stops a burst
+                    continue
+                if claimed or burst or self._stop_requested:
+                    return claimed or None
+                self.set_state(WorkerStatus.IDLE)
+                self.procline("Listening on " + ",".join(self.queue_names()))
+                self.heartbeat()
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                assert timeout is not None
+                wait = timeout
+                if max_idle_time is not None:
+                    wait = max(1, min(wait, int(max_idle_time - (time.monotonic() - idle_since))))
+                popped = self.wait_for_job(wait)
+                if popped is None:
+                    if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                        return None
+                    continue
+                claimed = self.claim(*popped)
+                if claimed:
+                    return claimed
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                self.log.error(
+                    "Worker %s: Redis is unreachable (%s); retrying in %.0f s", self.name, exc, backoff
+                )
+                time.sleep(backoff)
+                backoff = min(backoff * self.exponential_backoff_factor, self.max_connection_wait_time)
+
+    def wait_for_job(self, timeout: int) -> tuple[str, str, bool] | None:
+        """Block until a job id arrives: (queue key, job id, whether it went to the intermediate list)."""
+        keys = [queue.key for queue in self._ordered_queues]
+        try:
+            if len(keys) == 1:
+                got = Queue.lmove(self.connection, keys[0], timeout)
+                return keys[0], got[1].decode(), True
+            key, job_id = Queue.lpop(keys, timeout, connection=self.connection)
+            return key.decode(), job_id.decode(), False
+        except DequeueTimeout:
+            return None
+
+    def claim(self, queue_key: str = "", job_id: str = "", intermediate: bool = False) -> Any:
+        """Record the last success, and start the next job (or the one already popped): (job, queue),
+        SUSPENDED, or None."""
+        started = now()
+        execution_id = uuid4().hex
+        keys = [queue_key] if queue_key else [queue.key for queue in self._ordered_queues]
+        claim = [
+            RQ_KEY_PREFIX,
+            self.name,
+            started.timestamp(),
+            utcformat(started),
+            execution_id,
+            job_id,
+            int(intermediate),
+            self.job_monitoring_interval,
+            self.heartbeat_grace,
+            int(self.in_process),
+            DEFAULT_WORKER_TTL,
+        ]
+        self._state = WorkerStatus.BUSY  # a SIGTERM now asks for a stop after the job it may claim
+        reply = self.step(keys, claim)
+        if reply is None:
+            reply = self.step(keys, claim)
+        if not reply or reply[0] == SUSPENDED.encode():
+            self._state = WorkerStatus.IDLE
+            return SUSPENDED if reply else None
+        queue_name, job_id, fields = reply[0].decode(), reply[1].decode(), reply[2]
+        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
+        job.restore(dict(zip(fields[::2], fields[1::2], strict=True)))
+        queue = self.queue_class(
+            queue_name,
+            connection=self.connection,
+            job_class=self.job_class,
+            serializer=self.serializer,
+            death_penalty_class=self.death_penalty_class,
+        )
+        execution = Execution(execution_id, job_id, self.connection, self.name)
+        execution.created_at = execution.last_heartbeat = started
+        execution._job = job
+        self.executions[execution_id] = execution
+        self.reorder_queues(reference_queue=queue)
+        self.log.info("Worker %s: %s: %s", self.name, queue_name, job_id)
+        return job, queue
+
+    def step(self, keys: list[str], claim: list[Any]) -> Any:
+        """Run the script: record the unrecorded success, and claim if `keys` name queues. None when
+        the success went to RQ's own handling instead (the job has dependents), with nothing claimed."""
+        success, self._unrecorded = self._unrecorded, None
+        record: list[Any] = []
+        if success:
+            job, queue, execution = success.job, success.queue, success.execution
+            assert job.started_at and job.ended_at
+            record = [
+                RQ_KEY_PREFIX,
+                self.name,
+                job.id,
+                execution.id,
+                queue.name,
+                utcformat(job.ended_at),
+                job.ended_at.timestamp(),
+                job.get_result_ttl(self.default_result_ttl),
+                (job.ended_at - job.started_at).total_seconds(),
+                self.worker_ttl + 60,
+                *success.fields,
+            ]
+        try:
+            reply = self._step(keys, [len(record), *record, *claim])
+        except BaseException:
+            self._unrecorded = success  # a connection error: record it with the next script
+            raise
+        self._beaten = time.monotonic()
+        if success:
+            self.executions.pop(success.execution.id, None)
+            if reply and reply[0] == b"dependents":
+                self.hand_to_rq(success)
+                return None
+            self.log.info("Worker %s: %s: Job OK (%s)", self.name, success.queue.name, success.job.id)
+        return reply
+
+    def record(self) -> None:
+        """Record the unrecorded success now (the worker is about to do something else)."""
+        if self._unrecorded:
+            self.step([], [])
+
+    def hand_to_rq(self, success: Success) -> None:
+        """RQ's own success handling (the job has dependents), with the result the horse sent."""
+        entry = dict(zip(success.fields[::2], success.fields[1::2], strict=True))
+        job = success.job
+        job._result = (
+            job.serializer.loads(b64decode(entry["return_value"])) if "return_value" in entry else None
+        )
+        self.executions[success.execution.id] = success.execution
+        self.handle_job_success(job, success.queue, success.queue.started_job_registry, success.execution)
+        self.set_state(WorkerStatus.IDLE)
+
+    def run_maintenance_tasks(self) -> None:
+        self.record()
+        super().run_maintenance_tasks()
+
+    def teardown(self) -> None:
+        if not self.is_horse:
+            with suppress(redis.exceptions.RedisError):
+                self.record()
+        super().teardown()
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run the claimed job; a plain success is recorded by the next script, at the latest when
+        the worker is about to wait, sweep or stop."""
+        execution = next(iter(self.executions.values()))
+        self._unrecorded = self.perform(job, queue, execution)
+        if self._unrecorded is None:
+            self.executions.pop(execution.id, None)
+            self.set_state(WorkerStatus.IDLE)
+        self._state = WorkerStatus.IDLE  # in Redis too, once recorded
+
+    def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
+        raise NotImplementedError
+
+    @staticmethod
+    def plain(job: Job, value: Any) -> bool:
+        """Whether the one-script success applies: nothing RQ's success handling would do beyond it."""
+        return not (
+            isinstance(value, Retry)
+            or job.result_ttl == 0
+            or job._success_callback_name
+            or job.webhooks
+            or job.repeats_left
+            or job.rate_limit_key
+        )
+
+    def run(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
+        """Perform the job under its time-out, as RQ's perform_job does; a plain success comes back to
+        be recorded, anything else goes through RQ's own handling here."""
+        try:
+            job.started_at = execution.created_at
+            timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=job.id):
+                value = job.perform()
+            job.ended_at = now()
+            if self.plain(job, value):
+                result = Result(
+                    job.id,
+                    Result.Type.SUCCESSFUL,
+                    self.connection,
+                    return_value=value,
+                    worker_name=self.name,
+                    serializer=job.serializer,
+                    execution_id=execution.id,
+                    execution_started_at=execution.created_at,
+                    execution_ended_at=job.ended_at,
+                )
+                fields = [item for pair in result.serialize().items() for item in pair]
+                return Success(job, queue, execution, fields)
+            self._finalize_success(job, queue, execution, value)
+        except:  # noqa: E722 (RQ's own catch-all: a BaseException from the job fails it too)
+            self._finalize_failure(job, queue, execution, sys.exc_info())
+        return None
+
+
+class InProcessWorker(FastWorker):
+    """Runs each job in the worker's own process (no isolation between jobs, as RQ's SimpleWorker):
+    for trusted, small jobs. A job's heartbeat lasts its time-out plus the grace."""
+
+    in_process = True
+
+    def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
+        return self.run(job, queue, execution)
+
+
+class ForkingWorker(FastWorker):
+    """Runs each job in a fresh work-horse forked for it (a crash, a leak or a memory cap stays in
+    there), monitored as RQ's Worker does: heartbeats, the kill after time-out + 60 s, stop commands.
+    The horse sends a plain success back through a pipe, so it never opens a Redis connection."""
+
+    _report: tuple[int, bytearray] | None = None
+    _horse_status: int | None = None
+
+    def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
+        read_end, write_end = os.pipe()
+        self._report = (write_end, bytearray())
+        try:
+            self.fork_work_horse(job, queue)
+        finally:
+            os.close(write_end)
+        self._report = (read_end, bytearray())
+        try:
+            self.monitor_work_horse(job, queue, execution)
+        finally:
+            os.close(read_end)
+        report, self._report = self._report[1], None
+        if not report or self._horse_status != os.EX_OK:
+            return None
+        job.ended_at, fields = pickle.loads(report)
+        return Success(job, queue, execution, fields)
+
+    def main_work_horse(self, job: Job, queue: Queue) -> None:
+        """The horse: run the job; send a plain success to the worker, handle anything else as RQ."""
+        gc.freeze()  # a collection now leaves the pages shared with the worker alone
+        self.setup_work_horse_signals()
+        self._is_horse = True
+        assert self._report is not None
+        try:
+            success = self.run(job, queue, next(iter(self.executions.values())))
+            if success:
+                os.write(self._report[0], pickle.dumps((job.ended_at, success.fields)))
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+
+    def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
+        """Read the horse's report to its end (under RQ's monitoring alarm), then reap it."""
+        assert self._report is not None
+        read_end, report = self._report
+        while chunk := os.read(read_end, 65536):
+            report += chunk
+        pid, status, rusage = super().wait_for_horse()
+        self._horse_status = status
+        return pid, status, rusage

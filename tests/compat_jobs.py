@@ -1,0 +1,59 @@
+"""Job functions that exercise RQ's semantics, for running one suite under RQ's workers and the toolkit's."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from rq import Retry, get_current_job
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def nothing() -> None:
+    return None
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def keep_in_meta() -> str:
+    """Write the job's meta from inside the job, as a job reporting progress does."""
+    job = get_current_job()
+    assert job is not None
+    job.meta["seen_by"] = job.id
+    job.save_meta()
+    return job.id
+
+
+def ask_again(times: int) -> Any:
+    """Return RQ's `Retry` until the job has run `times` times (RQ requeues a job that returns one)."""
+    job = get_current_job()
+    assert job is not None
+    runs = job.connection.incr(f"compat:runs:{job.id}")
+    return Retry(max=times) if runs < times + 1 else runs
+
+
+def unpicklable() -> Any:
+    return lambda: None
+
+
+def crash() -> None:
+    os._exit(3)
+
+
+def record_success(job: Any, connection: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+    connection.set(f"compat:success:{job.id}", repr(result))
+
+
+def record_failure(job: Any, connection: Any, kind: Any, value: Any, traceback: Any) -> None:
+    connection.set(f"compat:failure:{job.id}", repr(value))

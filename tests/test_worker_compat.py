@@ -1,0 +1,238 @@
+"""The toolkit's fast workers against RQ's own: one suite of jobs, identical outcomes in Redis, and RQ's
+tools (`rq info`, `rq requeue`, rq-dashboard, stop commands) at home with the jobs they ran."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import pytest
+import rq
+from redis import Redis
+from rq import Callback, Queue, Retry, SimpleWorker
+from rq.command import send_stop_job_command
+from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.utils import as_text
+
+from config import get_settings
+from config.fast_worker import ForkingWorker, InProcessWorker
+from launcher.dashboard import create_app
+from tests import compat_jobs
+from tests.support import python, wait_until
+
+SUITE: dict[str, tuple[Any, tuple[Any, ...], dict[str, Any]]] = {
+    "add": (compat_jobs.add, (2, 3), {}),
+    "nothing": (compat_jobs.nothing, (), {}),
+    "no-result": (compat_jobs.add, (1, 1), {"result_ttl": 0}),
+    "kept-result": (compat_jobs.add, (1, 2), {"result_ttl": -1}),
+    "short-result": (compat_jobs.add, (1, 3), {"result_ttl": 100}),
+    "fail": (compat_jobs.fail, ("boom",), {}),
+    "fail-retried": (compat_jobs.fail, ("again",), {"retry": Retry(max=2)}),
+    "time-out": (compat_jobs.sleep, (3,), {"job_timeout": 1}),
+    "meta": (compat_jobs.keep_in_meta, (), {"meta": {"given": 1}}),
+    "ask-again": (compat_jobs.ask_again, (2,), {}),
+    "unpicklable": (compat_jobs.unpicklable, (), {}),
+    "callbacks": (compat_jobs.add, (4, 4), {"on_success": Callback(compat_jobs.record_success)}),
+    "failure-callback": (compat_jobs.fail, ("cb",), {"on_failure": Callback(compat_jobs.record_failure)}),
+    "parent": (compat_jobs.add, (5, 5), {}),
+    "child": (compat_jobs.add, (6, 6), {"depends_on": "parent"}),
+}
+PAIRS = [(SimpleWorker, InProcessWorker), (rq.Worker, ForkingWorker)]
+
+
+def enqueue_suite(connection: Redis) -> dict[str, str]:
+    """Every job of the suite on queue `default`; their ids by name."""
+    queue = Queue("default", connection=connection)
+    ids: dict[str, str] = {}
+    for name, (func, args, options) in SUITE.items():
+        options = dict(options)
+        if "depends_on" in options:
+            options["depends_on"] = ids[options["depends_on"]]
+        ids[name] = queue.enqueue(func, *args, **options).id
+    return ids
+
+
+def ttl_kind(connection: Redis, key: str) -> str:
+    ttl = connection.ttl(key)
+    return {-2: "gone", -1: "kept"}.get(ttl, "expires")
+
+
+def snapshot(connection: Redis, ids: dict[str, str], worker_name: str) -> dict[str, Any]:
+    """What a worker left in Redis, with ids and names replaced by stable labels."""
+    labels = {job_id: name for name, job_id in ids.items()} | {worker_name: "WORKER"}
+    pattern = re.compile("|".join(map(re.escape, labels)))
+
+    def label(text: str) -> str:
+        return re.sub(r"\b[0-9a-f]{32}\b", "HEX", pattern.sub(lambda m: labels[m.group()], text))
+
+    queue = Queue("default", connection=connection)
+    jobs = {}
+    for name, job_id in ids.items():
+        key = f"rq:job:{job_id}"
+        fields = sorted(as_text(k) for k in connection.hkeys(key))
+        entry: dict[str, Any] = {"ttl": ttl_kind(connection, key), "fields": fields}
+        if fields:
+            job = Job.fetch(job_id, connection=connection)
+            results = job.results()
+            latest = results[0] if results else None
+            entry |= {
+                "status": job.get_status(),
+                "meta": job.meta,
+                "retries_left": job.retries_left,
+                "results": [r.type.name for r in results],
+                "return_value": repr(latest.return_value)
+                if latest and latest.type == Result.Type.SUCCESSFUL
+                else None,
+                "error": (latest.exc_string or "").strip().splitlines()[-1:] if latest else None,
+                "results_ttl": ttl_kind(connection, f"rq:results:{job_id}"),
+                "registries": [
+                    registry
+                    for registry, members in (
+                        ("finished", queue.finished_job_registry.get_job_ids()),
+                        ("failed", queue.failed_job_registry.get_job_ids()),
+                        ("started", queue.started_job_registry.get_job_ids()),
+                        ("queued", queue.get_job_ids()),
+                    )
+                    if job_id in members
+                ],
+                "callbacks": [
+                    kind for kind in ("success", "failure") if connection.exists(f"compat:{kind}:{job_id}")
+                ],
+            }
+        jobs[name] = entry
+    worker = {
+        field: connection.hget(f"rq:worker:{worker_name}", field)
+        for field in ("successful_job_count", "failed_job_count")
+    }
+    keys = sorted(
+        (as_text(key), as_text(connection.type(key)), ttl_kind(connection, key))
+        for key in connection.scan_iter()
+        if not key.startswith((b"rq:worker", b"rq:workers", b"rq:clean_registries"))
+    )
+    found = json.loads(label(json.dumps({"jobs": jobs, "worker": worker, "keys": keys}, default=str)))
+    return found | {"keys": sorted(found["keys"])}
+
+
+def run_suite(connection: Redis, worker_class: type[rq.worker.BaseWorker]) -> dict[str, Any]:
+    connection.flushdb()
+    ids = enqueue_suite(connection)
+    worker = worker_class(["default"], connection=connection)
+    worker.work(burst=True)
+    return snapshot(connection, ids, worker.name)
+
+
+@pytest.mark.parametrize(("stock", "toolkit"), PAIRS, ids=["in-process", "forking"])
+def test_the_suite_ends_the_same_under_rq_and_the_toolkit(
+    connection: Redis, stock: type[rq.worker.BaseWorker], toolkit: type[rq.worker.BaseWorker]
+) -> None:
+    expected = run_suite(connection, stock)
+    got = run_suite(connection, toolkit)
+    for name in SUITE:
+        assert got["jobs"][name] == expected["jobs"][name], name
+    assert got["worker"] == expected["worker"]
+    assert [k for k in got["keys"] if k not in expected["keys"]] == []
+    assert [k for k in expected["keys"] if k not in got["keys"]] == []
+    # the suite covers what it claims to: RQ's outcomes, read back through RQ
+    jobs = expected["jobs"]
+    assert jobs["add"]["return_value"] == "5" and jobs["add"]["registries"] == ["finished"]
+    assert jobs["no-result"]["ttl"] == "gone"
+    assert jobs["kept-result"]["ttl"] == "kept" and jobs["short-result"]["ttl"] == "expires"
+    assert jobs["fail-retried"]["retries_left"] == 0 and jobs["fail-retried"]["registries"] == ["failed"]
+    assert jobs["time-out"]["error"] == [
+        "rq.timeouts.JobTimeoutException: Task exceeded maximum timeout value (1 seconds)"
+    ]
+    assert jobs["meta"]["meta"]["seen_by"] and jobs["meta"]["meta"]["given"] == 1
+    assert jobs["ask-again"]["results"][0] == "SUCCESSFUL" and jobs["ask-again"]["return_value"] == "3"
+    assert jobs["callbacks"]["callbacks"] == ["success"]
+    assert jobs["failure-callback"]["callbacks"] == ["failure"]
+    assert jobs["child"]["status"] == JobStatus.FINISHED
+    assert expected["worker"]["successful_job_count"]
+
+
+@pytest.mark.parametrize("worker_class", [rq.Worker, ForkingWorker])
+def test_a_work_horse_that_dies_fails_its_job_as_rq_does(
+    connection: Redis, worker_class: type[rq.worker.BaseWorker]
+) -> None:
+    job = Queue("default", connection=connection).enqueue(compat_jobs.crash)
+    worker_class(["default"], connection=connection).work(burst=True)
+    job.refresh()
+    assert job.get_status() == JobStatus.FAILED
+    result = job.latest_result()
+    assert result and "Work-horse terminated unexpectedly; waitpid returned 768" in str(result.exc_string)
+
+
+def start_worker_process(processes: Any, worker_class: str, *queues: str) -> Any:
+    return processes("-m", "rq.cli", "worker", "-c", "config.rq", "-w", worker_class, *queues)
+
+
+def live_workers(connection: Redis) -> list[rq.worker.BaseWorker]:
+    return rq.Worker.all(connection=connection)
+
+
+@pytest.mark.parametrize(
+    "worker_class", ["config.fast_worker.ForkingWorker", "config.fast_worker.InProcessWorker"]
+)
+def test_rq_info_requeue_and_the_dashboard_read_what_the_toolkit_ran(
+    connection: Redis, processes: Any, worker_class: str
+) -> None:
+    start_worker_process(processes, worker_class, "default")
+    worker = wait_until(lambda: live_workers(connection), what="the worker registers")[0]
+    queue = Queue("default", connection=connection)
+    ok, bad = queue.enqueue(compat_jobs.add, 20, 22), queue.enqueue(compat_jobs.fail, "no")
+    wait_until(lambda: bad.get_status(refresh=True) == JobStatus.FAILED and ok.get_status() == "finished")
+
+    info = python("-m", "rq.cli", "info", "-u", connection_url(connection), "default")
+    assert info.returncode == 0, info.stderr
+    assert re.search(r"default\s+\|\s+0", info.stdout)
+    assert re.search(rf"{worker.name} \(.*\): idle default. jobs: 1 finished, 1 failed", info.stdout)
+
+    app = create_app(get_settings()).test_client()
+    base = "http://127.0.0.1:9181"
+    listed = app.get("/0/data/jobs/default/failed/10/asc/1.json", base_url=base).get_json()
+    assert [j["id"] for j in listed["jobs"]] == [bad.id]
+    shown = app.get(f"/0/data/job/{ok.id}.json", base_url=base).get_json()
+    assert shown["status"] == "finished" and shown["result"] == 42
+    workers = app.get("/0/data/workers.json", base_url=base).get_json()["workers"]
+    assert [w["name"] for w in workers] == [worker.name]
+    assert workers[0]["successful_job_count"] == 1 and workers[0]["failed_job_count"] == 1
+
+    again = python("-m", "rq.cli", "requeue", "-u", connection_url(connection), "--queue", "default", "--all")
+    assert again.returncode == 0, again.stderr
+    wait_until(lambda: len(bad.results()) == 2, what="the requeued job ran again")
+    assert bad.get_status(refresh=True) == JobStatus.FAILED
+
+
+def test_a_stop_command_stops_the_forking_workers_job(connection: Redis, processes: Any) -> None:
+    start_worker_process(processes, "config.fast_worker.ForkingWorker", "default")
+    wait_until(lambda: live_workers(connection), what="the worker registers")
+    job = Queue("default", connection=connection).enqueue(compat_jobs.sleep, 60)
+    wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED)
+    time.sleep(0.2)
+    send_stop_job_command(connection, job.id)
+    wait_until(lambda: job.get_status(refresh=True) == JobStatus.STOPPED, what="the job stops")
+    assert job.id in Queue("default", connection=connection).failed_job_registry
+    follow = Queue("default", connection=connection).enqueue(compat_jobs.add, 1, 2)
+    wait_until(lambda: follow.get_status(refresh=True) == JobStatus.FINISHED, what="the worker goes on")
+
+
+def connection_url(connection: Redis) -> str:
+    kwargs = connection.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+
+def test_workers_stay_compatible_with_a_stock_worker_on_the_same_queue(
+    connection: Redis, processes: Any
+) -> None:
+    """A stock `rq worker` and the toolkit's on one queue: every job runs once, by one or the other."""
+    start_worker_process(processes, "rq.worker.SimpleWorker", "default")
+    start_worker_process(processes, "config.fast_worker.InProcessWorker", "default")
+    wait_until(lambda: len(live_workers(connection)) == 2, what="both workers register")
+    queue = Queue("default", connection=connection)
+    jobs = queue.enqueue_many([Queue.prepare_data(compat_jobs.add, (i, 0)) for i in range(400)])
+    wait_until(lambda: queue.finished_job_registry.count == 400, what="all jobs finish", timeout=60)
+    ran = [job for job in Job.fetch_many([j.id for j in jobs], connection=connection) if job]
+    assert len({job.worker_name for job in ran}) == 2
+    assert [job.return_value() for job in ran] == list(range(400))
