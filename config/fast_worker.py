@@ -20,6 +20,7 @@ import sys
 import time
 from base64 import b64decode
 from contextlib import suppress
+from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import uuid4
 
@@ -149,6 +150,16 @@ class Success(NamedTuple):
     fields: list[Any]  # the result stream entry, as XADD's field-value list
 
 
+class Claimed(NamedTuple):
+    """A job as the claim script handed it over: enough to rebuild it in a work-horse."""
+
+    queue: str
+    job_id: str
+    fields: list[bytes]  # the job's hash, as HGETALL's field-value list
+    execution_id: str
+    started: datetime
+
+
 class FastWorker(rq_classes.Worker):
     """What both fast workers share: one script per job, RQ's own code for everything else."""
 
@@ -188,6 +199,7 @@ class FastWorker(rq_classes.Worker):
                 if claimed or burst or self._stop_requested:
                     return claimed or None
                 self.set_state(WorkerStatus.IDLE)
+                self.get_ready()
                 self.procline("Listening on " + ",".join(self.queue_names()))
                 self.heartbeat()
                 if self.should_run_maintenance_tasks:
@@ -249,22 +261,28 @@ class FastWorker(rq_classes.Worker):
         if not reply or reply[0] == SUSPENDED.encode():
             self._state = WorkerStatus.IDLE
             return SUSPENDED if reply else None
-        queue_name, job_id, fields = reply[0].decode(), reply[1].decode(), reply[2]
-        job = self.job_class(job_id, connection=self.connection, serializer=self.serializer)
-        job.restore(dict(zip(fields[::2], fields[1::2], strict=True)))
+        claimed = Claimed(reply[0].decode(), reply[1].decode(), reply[2], execution_id, started)
+        job, queue = self.adopt(claimed)
+        self.reorder_queues(reference_queue=queue)
+        self.log.info("Worker %s: %s: %s", self.name, claimed.queue, claimed.job_id)
+        return job, queue
+
+    def adopt(self, claimed: Claimed) -> tuple[Job, Queue]:
+        """The job and queue of a claim, with its execution as this worker's current one."""
+        job = self.job_class(claimed.job_id, connection=self.connection, serializer=self.serializer)
+        job.restore(dict(zip(claimed.fields[::2], claimed.fields[1::2], strict=True)))
         queue = self.queue_class(
-            queue_name,
+            claimed.queue,
             connection=self.connection,
             job_class=self.job_class,
             serializer=self.serializer,
             death_penalty_class=self.death_penalty_class,
         )
-        execution = Execution(execution_id, job_id, self.connection, self.name)
-        execution.created_at = execution.last_heartbeat = started
+        execution = Execution(claimed.execution_id, claimed.job_id, self.connection, self.name)
+        execution.created_at = execution.last_heartbeat = claimed.started
         execution._job = job
-        self.executions[execution_id] = execution
-        self.reorder_queues(reference_queue=queue)
-        self.log.info("Worker %s: %s: %s", self.name, queue_name, job_id)
+        self.executions[claimed.execution_id] = execution
+        self._claimed = claimed
         return job, queue
 
     def step(self, keys: list[str], claim: list[Any]) -> Any:
@@ -341,6 +359,9 @@ class FastWorker(rq_classes.Worker):
     def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
         raise NotImplementedError
 
+    def get_ready(self) -> None:
+        """Prepare, while idle, for the next job."""
+
     @staticmethod
     def plain(job: Job, value: Any) -> bool:
         """Whether the one-script success applies: nothing RQ's success handling would do beyond it."""
@@ -392,42 +413,85 @@ class InProcessWorker(FastWorker):
         return self.run(job, queue, execution)
 
 
+class Horse(NamedTuple):
+    """A forked work-horse waiting for its job: its pid, and the pipes to hand the job over and to
+    read the outcome back."""
+
+    pid: int
+    jobs: int
+    reports: int
+
+
 class ForkingWorker(FastWorker):
     """Runs each job in a fresh work-horse forked for it (a crash, a leak or a memory cap stays in
     there), monitored as RQ's Worker does: heartbeats, the kill after time-out + 60 s, stop commands.
-    The horse sends a plain success back through a pipe, so it never opens a Redis connection."""
+    While idle it keeps the next horse forked and waiting, so a job starts without waiting for a fork.
+    A horse sends a plain success back through a pipe, so it never opens a Redis connection."""
 
-    _report: tuple[int, bytearray] | None = None
+    _spare: Horse | None = None
+    _report: bytearray | None = None
+    _reports: int = -1
     _horse_status: int | None = None
 
+    def get_ready(self) -> None:
+        if self._spare is None:
+            self._spare = self.fork_horse()
+
     def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
-        read_end, write_end = os.pipe()
-        self._report = (write_end, bytearray())
+        horse, self._spare = self._spare or self.fork_horse(), None
+        message = pickle.dumps(self._claimed)
         try:
-            self.fork_work_horse(job, queue)
-        finally:
-            os.close(write_end)
-        self._report = (read_end, bytearray())
+            write_all(horse.jobs, message)
+        except BrokenPipeError:  # the waiting horse died (killed by hand?): fork one for this job
+            os.close(horse.jobs)
+            os.close(horse.reports)
+            os.waitpid(horse.pid, 0)
+            horse = self.fork_horse()
+            write_all(horse.jobs, message)
+        os.close(horse.jobs)
+        self._horse_pid, self._reports, self._report = horse.pid, horse.reports, bytearray()
+        self.procline(f"Horse {horse.pid} running {job.id} since {time.time()}")
+        with suppress(Exception):  # the horse meets (and reports) any error itself
+            job.func  # noqa: B018 (imports the job's module here, once, for every later horse)
         try:
             self.monitor_work_horse(job, queue, execution)
         finally:
-            os.close(read_end)
-        report, self._report = self._report[1], None
+            os.close(horse.reports)
+        report, self._report = self._report, None
         if not report or self._horse_status != os.EX_OK:
             return None
         job.ended_at, fields = pickle.loads(report)
         return Success(job, queue, execution, fields)
 
-    def main_work_horse(self, job: Job, queue: Queue) -> None:
-        """The horse: run the job; send a plain success to the worker, handle anything else as RQ."""
+    def fork_horse(self) -> Horse:
+        jobs_read, jobs_write = os.pipe()
+        reports_read, reports_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.setpgrp()
+            os.close(jobs_write)
+            os.close(reports_read)
+            self.main_work_horse_on(jobs_read, reports_write)
+        os.close(jobs_read)
+        os.close(reports_write)
+        return Horse(pid, jobs_write, reports_read)
+
+    def main_work_horse_on(self, jobs: int, reports: int) -> None:
+        """The horse: wait for its job, run it; send a plain success to the worker, handle anything
+        else as RQ. No job (the worker stopped, or died) and it just exits."""
         gc.freeze()  # a collection now leaves the pages shared with the worker alone
         self.setup_work_horse_signals()
         self._is_horse = True
-        assert self._report is not None
         try:
+            message = read_to_end(jobs)
+            if not message:
+                os._exit(0)
+            self.executions.clear()
+            job, queue = self.adopt(pickle.loads(message))
+            os.environ["RQ_WORKER_ID"], os.environ["RQ_JOB_ID"] = self.name, job.id
             success = self.run(job, queue, next(iter(self.executions.values())))
             if success:
-                os.write(self._report[0], pickle.dumps((job.ended_at, success.fields)))
+                os.write(reports, pickle.dumps((job.ended_at, success.fields)))
         except BaseException:
             os._exit(1)
         os._exit(0)
@@ -435,9 +499,28 @@ class ForkingWorker(FastWorker):
     def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
         """Read the horse's report to its end (under RQ's monitoring alarm), then reap it."""
         assert self._report is not None
-        read_end, report = self._report
-        while chunk := os.read(read_end, 65536):
-            report += chunk
+        while chunk := os.read(self._reports, 65536):
+            self._report += chunk
         pid, status, rusage = super().wait_for_horse()
         self._horse_status = status
         return pid, status, rusage
+
+    def teardown(self) -> None:
+        if self._spare and not self.is_horse:
+            os.close(self._spare.jobs)  # it reads the end of its pipe, and exits
+            os.close(self._spare.reports)
+            os.waitpid(self._spare.pid, 0)
+            self._spare = None
+        super().teardown()
+
+
+def write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def read_to_end(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
