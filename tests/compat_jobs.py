@@ -57,3 +57,7 @@ def record_success(job: Any, connection: Any, result: Any, *args: Any, **kwargs:
 
 def record_failure(job: Any, connection: Any, kind: Any, value: Any, traceback: Any) -> None:
     connection.set(f"compat:failure:{job.id}", repr(value))
+
+
+def pid() -> int:
+    return os.getpid()

@@ -4,7 +4,9 @@ tools (`rq info`, `rq requeue`, rq-dashboard, stop commands) at home with the jo
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 from typing import Any
 
@@ -19,6 +21,7 @@ from rq.utils import as_text
 
 from config import get_settings
 from config.fast_worker import ForkingWorker, InProcessWorker
+from launcher.children import descendants
 from launcher.dashboard import create_app
 from tests import compat_jobs
 from tests.support import python, wait_until
@@ -236,3 +239,25 @@ def test_workers_stay_compatible_with_a_stock_worker_on_the_same_queue(
     ran = [job for job in Job.fetch_many([j.id for j in jobs], connection=connection) if job]
     assert len({job.worker_name for job in ran}) == 2
     assert [job.return_value() for job in ran] == list(range(400))
+
+
+def test_each_job_gets_a_fresh_horse_and_a_spare_waits_while_idle(connection: Redis, processes: Any) -> None:
+    """Fork per job, isolation kept: no two jobs share a process. While idle, the next horse is
+    forked and waiting; if it dies, the next job gets a new one; stopping the worker ends it."""
+    worker = start_worker_process(processes, "config.fast_worker.ForkingWorker", "default")
+    spare = wait_until(lambda: descendants(worker.pid), what="the spare horse")
+    queue = Queue("default", connection=connection)
+    jobs = [queue.enqueue(compat_jobs.pid) for _ in range(3)]
+    wait_until(lambda: all(job.get_status(refresh=True) == JobStatus.FINISHED for job in jobs))
+    pids = {job.return_value() for job in jobs}
+    assert len(pids) == 3 and worker.pid not in pids and spare & pids
+
+    for pid in wait_until(lambda: descendants(worker.pid), what="a new spare"):
+        os.kill(pid, signal.SIGKILL)
+    after_kill = queue.enqueue(compat_jobs.pid)
+    wait_until(lambda: after_kill.get_status(refresh=True) == JobStatus.FINISHED, what="a job after the kill")
+
+    left = wait_until(lambda: descendants(worker.pid), what="the spare")
+    worker.terminate()
+    assert worker.wait(10) == 0
+    wait_until(lambda: not left & descendants(1), 5, "the spare to exit with the worker")
