@@ -22,6 +22,7 @@ from config import RedisUnavailable, Settings, get_settings, redis_client, rq_cl
 from config.connection import url_of
 from jobs import api, demo, email, images, maintenance, stats
 from jobs import tags as tags_index
+from jobs.bulk import BulkJobs, enqueue_calls
 from jobs.errors import JobInputError, UnknownJobError
 
 WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED)
@@ -29,7 +30,7 @@ DAY = 24 * 3600
 # For jobs that are safe to run again: failure_policy fails their own errors at once, so only a run
 # cut short (its worker killed, its work-horse dead) is retried, at once and then a minute later.
 RERUN_IF_CUT_SHORT = (0, 60)
-BULK_BATCH = 500
+BULK_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ class JobSpec:
 
     def job_options(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The RQ job options this policy gives a call."""
+        return {**self.policy_options(), "description": self.describe(args, kwargs)}
+
+    def policy_options(self) -> dict[str, Any]:
+        """The RQ job options this policy gives every call, all but the description."""
         settings = get_settings()
         timeout = getattr(settings, self.timeout_setting) if self.timeout_setting else self.timeout
         intervals = list(self.retries(settings) if self.retries else self.retry_intervals)
@@ -84,7 +89,6 @@ class JobSpec:
             "timeout": timeout,
             "result_ttl": self.result_ttl,
             "failure_ttl": self.failure_ttl,
-            "description": self.describe(args, kwargs),
             "retry": Retry(max=len(intervals), interval=intervals) if intervals else None,
             "meta": {"rqkit_job": self.name},
         }
@@ -237,9 +241,10 @@ def submit(
 
 
 class BulkSubmission(NamedTuple):
-    """What a bulk enqueue did: the jobs it enqueued, and the calls it refused with the reason."""
+    """What a bulk enqueue did: the jobs it enqueued (made on first use; `jobs.ids` costs nothing), and
+    the calls it refused with the reason."""
 
-    jobs: list[Job]
+    jobs: BulkJobs
     refused: list[tuple[tuple[Any, ...], str]]
 
 
@@ -251,7 +256,8 @@ def submit_many(
     queue: str | None = None,
     connection: Redis | None = None,
 ) -> BulkSubmission:
-    """Enqueue one job per call (same keyword arguments) in pipelined batches; refuse the bad calls."""
+    """Enqueue one job per call (same keyword arguments), written as RQ's enqueue_many writes them, by
+    one pipelined script call per batch (see jobs.bulk); refuse the bad calls, and write nothing of theirs."""
     spec = get_spec(name)
     if spec.unique:
         raise JobInputError(f"{name}: unique jobs are enqueued one at a time")
@@ -267,17 +273,10 @@ def submit_many(
             refused.append((args, str(exc)))
     connection = connection or redis_client()
     rq_queue = rq_classes.Queue(queue_name, connection=connection)
-    jobs: list[Job] = []
     try:
-        for start in range(0, len(accepted), BULK_BATCH):
-            batch = accepted[start : start + BULK_BATCH]
-            datas = [
-                Queue.prepare_data(spec.func, args, kwargs, **spec.job_options(args, kwargs))
-                for args in batch
-            ]
-            with connection.pipeline() as pipe:
-                jobs += rq_queue.enqueue_many(datas, pipeline=pipe)
-                pipe.execute()
+        jobs = enqueue_calls(
+            rq_queue, spec.func, accepted, kwargs, spec.policy_options, spec.describe, BULK_BATCH
+        )
     except (ConnectionError, TimeoutError) as exc:
         raise RedisUnavailable(url_of(connection)) from exc
     return BulkSubmission(jobs, refused)
