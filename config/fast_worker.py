@@ -170,6 +170,7 @@ class FastWorker(rq_classes.Worker):
         self._step = self.connection.register_script(STEP)
         self._beaten = 0.0
         self._unrecorded: Success | None = None
+        self._queues: dict[str, Queue] = {}  # by name, made once: RQ's constructors are not cheap
 
     # The claim does the suspension check and the heartbeat that RQ's loop does around each job.
     def check_for_suspension(self, burst: bool) -> None:
@@ -262,27 +263,32 @@ class FastWorker(rq_classes.Worker):
             self._state = WorkerStatus.IDLE
             return SUSPENDED if reply else None
         claimed = Claimed(reply[0].decode(), reply[1].decode(), reply[2], execution_id, started)
+        self.hand_over(claimed)
         job, queue = self.adopt(claimed)
         self.reorder_queues(reference_queue=queue)
-        self.log.info("Worker %s: %s: %s", self.name, claimed.queue, claimed.job_id)
+        self.log.debug("Worker %s: %s: %s", self.name, claimed.queue, claimed.job_id)
         return job, queue
+
+    def hand_over(self, claimed: Claimed) -> None:
+        """Start the job somewhere before this process reads it (the in-process worker doesn't)."""
 
     def adopt(self, claimed: Claimed) -> tuple[Job, Queue]:
         """The job and queue of a claim, with its execution as this worker's current one."""
         job = self.job_class(claimed.job_id, connection=self.connection, serializer=self.serializer)
         job.restore(dict(zip(claimed.fields[::2], claimed.fields[1::2], strict=True)))
-        queue = self.queue_class(
-            claimed.queue,
-            connection=self.connection,
-            job_class=self.job_class,
-            serializer=self.serializer,
-            death_penalty_class=self.death_penalty_class,
-        )
+        queue = self._queues.get(claimed.queue)
+        if queue is None:
+            queue = self._queues[claimed.queue] = self.queue_class(
+                claimed.queue,
+                connection=self.connection,
+                job_class=self.job_class,
+                serializer=self.serializer,
+                death_penalty_class=self.death_penalty_class,
+            )
         execution = Execution(claimed.execution_id, claimed.job_id, self.connection, self.name)
         execution.created_at = execution.last_heartbeat = claimed.started
         execution._job = job
         self.executions[claimed.execution_id] = execution
-        self._claimed = claimed
         return job, queue
 
     def step(self, keys: list[str], claim: list[Any]) -> Any:
@@ -429,6 +435,7 @@ class ForkingWorker(FastWorker):
     A horse sends a plain success back through a pipe, so it never opens a Redis connection."""
 
     _spare: Horse | None = None
+    _horse: Horse
     _report: bytearray | None = None
     _reports: int = -1
     _horse_status: int | None = None
@@ -437,9 +444,10 @@ class ForkingWorker(FastWorker):
         if self._spare is None:
             self._spare = self.fork_horse()
 
-    def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
+    def hand_over(self, claimed: Claimed) -> None:
+        """Send the job to the waiting horse at once (or to one forked now)."""
         horse, self._spare = self._spare or self.fork_horse(), None
-        message = pickle.dumps(self._claimed)
+        message = pickle.dumps(claimed)
         try:
             write_all(horse.jobs, message)
         except BrokenPipeError:  # the waiting horse died (killed by hand?): fork one for this job
@@ -449,6 +457,10 @@ class ForkingWorker(FastWorker):
             horse = self.fork_horse()
             write_all(horse.jobs, message)
         os.close(horse.jobs)
+        self._horse = horse
+
+    def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
+        horse = self._horse
         self._horse_pid, self._reports, self._report = horse.pid, horse.reports, bytearray()
         self.procline(f"Horse {horse.pid} running {job.id} since {time.time()}")
         with suppress(Exception):  # the horse meets (and reports) any error itself
