@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 from redis import Redis
 
 from config import RedisUnavailable, get_settings, rq_classes
-from jobs import enqueue, submit, submit_many
+from jobs import enqueue, metrics, submit, submit_many
 from jobs.monitoring import wait_for
 from jobs.registry import RERUN_IF_CUT_SHORT
 from launcher.children import descendants
@@ -24,7 +25,7 @@ from launcher.redis_server import RedisServer, free_port
 from launcher.stack import WORKER_ARGS
 from scheduler import periodic
 from tests.pictures import photo
-from tests.support import python, wait_until
+from tests.support import python, start_python, wait_until
 from tests.test_schedule import fired
 
 ABANDONED_WITHIN = 60  # s: heartbeat 5 + 15 s, then a registry sweep every 10 s, at most 25 s apart
@@ -190,3 +191,57 @@ def cpu_seconds(pid: int) -> float:
     """User and system CPU time a process has used, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+PRODUCER = """
+import json, sys
+from jobs import submit_many
+ids = []
+for _ in range(int(sys.argv[1]) // 1000):
+    ids += submit_many("sleep", [(0,)] * 1000).jobs.ids
+print(json.dumps(ids))
+"""
+
+
+def rss_mb(pid: int) -> float:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.timeout(600)
+def test_100000_jobs_from_4_producers_run_exactly_once_on_2_workers(
+    own_redis: RedisServer, processes: Any
+) -> None:
+    """Four producer processes enqueue 25,000 jobs each (in bulk, 1,000 at a time) while two of the
+    toolkit's in-process workers run them: every job finishes exactly once, and the workers' memory
+    stays flat."""
+    connection = Redis.from_url(own_redis.url)
+    worker_args = ("-m", "rq.cli", "worker", "-c", "config.rq", "-w", "config.fast_worker.InProcessWorker")
+    workers = [processes(*worker_args, "--quiet", "default") for _ in range(2)]
+    wait_until(lambda: len(blocked_clients(connection)) == 2, what="the workers")
+    started = time.monotonic()
+    producers = [start_python("-c", PRODUCER, "25000", stdout=subprocess.PIPE) for _ in range(4)]
+    ids = [job_id for producer in producers for job_id in json.loads(producer.communicate(timeout=300)[0])]
+    assert len(ids) == len(set(ids)) == 100_000
+
+    finished = lambda: connection.zcard("rq:finished:default")  # noqa: E731
+    samples: list[tuple[int, list[float]]] = []
+
+    def all_done() -> bool:
+        samples.append((finished(), [rss_mb(worker.pid) for worker in workers]))
+        return samples[-1][0] == 100_000
+
+    wait_until(all_done, 400, "every job", every=1)
+    elapsed = time.monotonic() - started
+    assert statuses(connection, ids) == {"finished": 100_000}
+    assert result_counts(connection, ids) == {1: 100_000}  # one result each: none ran twice
+    assert int(connection.hget(metrics.RUNS, "sleep\tdefault\tsucceeded") or 0) == 100_000  # runs counted
+    assert connection.llen("rq:queue:default") == 0 and not connection.zcard("rq:wip:default")
+    assert all(worker.poll() is None for worker in workers)
+    warm = next(rss for done, rss in samples if done >= 10_000)
+    end = samples[-1][1]
+    assert all(after - before < 5 for before, after in zip(warm, end, strict=True)), (warm, end)
+    print(
+        f"100,000 jobs from 4 producers on 2 workers in {elapsed:.0f} s: 0 lost, 0 run twice; "
+        f"worker RSS at 10,000 jobs {' and '.join(f'{mb:.1f}' for mb in warm)} MB, "
+        f"at the end {' and '.join(f'{mb:.1f}' for mb in end)} MB"
+    )
