@@ -500,7 +500,7 @@ def thumbnails(
     }
     if wait and jobs:
         with click.progressbar(length=len(jobs), label="thumbnails", file=sys.stderr) as bar:
-            outcomes = monitoring.wait_for_all(list(jobs), bar.update)
+            outcomes = monitoring.wait_for_all(jobs, bar.update)
         summary["finished"] = sum(outcome.status == "finished" for outcome in outcomes)
         summary["failed"] = [
             {"path": job.args[0], "reason": outcome.reason}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -49,7 +49,7 @@ def wait_for(job: Job, poll: float = 0.1, timeout: float | None = None) -> Outco
 
 
 def wait_for_all(
-    jobs: list[Job], progress: Callable[[int], object] = print, poll: float = 0.2
+    jobs: Sequence[Job], progress: Callable[[int], object] = print, poll: float = 0.2
 ) -> list[Outcome]:
     """Block until every job has ended, calling `progress(n)` as n more end; their outcomes, in order."""
     outcomes: dict[str, Outcome] = {}
