@@ -252,8 +252,10 @@ def test_each_job_gets_a_fresh_horse_and_a_spare_waits_while_idle(connection: Re
     pids = {job.return_value() for job in jobs}
     assert len(pids) == 3 and worker.pid not in pids and spare & pids
 
-    for pid in wait_until(lambda: descendants(worker.pid), what="a new spare"):
+    killed = wait_until(lambda: descendants(worker.pid), what="a new spare")
+    for pid in killed:
         os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not killed & descendants(worker.pid), 5, "the spare to die")
     after_kill = queue.enqueue(compat_jobs.pid)
     wait_until(lambda: after_kill.get_status(refresh=True) == JobStatus.FINISHED, what="a job after the kill")
 
