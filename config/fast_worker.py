@@ -14,6 +14,7 @@ rate limits, dependents, result_ttl=0, time-outs, stop commands) goes through RQ
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import pickle
 import sys
@@ -164,6 +165,7 @@ class FastWorker(rq_classes.Worker):
     """What both fast workers share: one script per job, RQ's own code for everything else."""
 
     in_process = False
+    job_log_level = logging.INFO  # of the one line per job, as it ends
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -323,7 +325,13 @@ class FastWorker(rq_classes.Worker):
             if reply and reply[0] == b"dependents":
                 self.hand_to_rq(success)
                 return None
-            self.log.info("Worker %s: %s: Job OK (%s)", self.name, success.queue.name, success.job.id)
+            self.log.log(
+                self.job_log_level,
+                "Worker %s: %s: Job OK (%s)",
+                self.name,
+                success.queue.name,
+                success.job.id,
+            )
         return reply
 
     def record(self) -> None:
@@ -414,6 +422,7 @@ class InProcessWorker(FastWorker):
     for trusted, small jobs. A job's heartbeat lasts its time-out plus the grace."""
 
     in_process = True
+    job_log_level = logging.DEBUG  # at thousands of jobs a second, a line each would cost a tenth
 
     def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
         return self.run(job, queue, execution)
