@@ -201,12 +201,7 @@ class FastWorker(rq_classes.Worker):
                     continue
                 if claimed or burst or self._stop_requested:
                     return claimed or None
-                self.set_state(WorkerStatus.IDLE)
-                self.get_ready()
-                self.procline("Listening on " + ",".join(self.queue_names()))
-                self.heartbeat()
-                if self.should_run_maintenance_tasks:
-                    self.run_maintenance_tasks()
+                self.go_idle()
                 assert timeout is not None
                 wait = timeout
                 if max_idle_time is not None:
@@ -220,11 +215,23 @@ class FastWorker(rq_classes.Worker):
                 if claimed:
                     return claimed
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                self._state = WorkerStatus.IDLE  # nothing claimed: a SIGTERM from now on stops at once
+                if self._stop_requested:
+                    return None
                 self.log.error(
                     "Worker %s: Redis is unreachable (%s); retrying in %.0f s", self.name, exc, backoff
                 )
                 time.sleep(backoff)
                 backoff = min(backoff * self.exponential_backoff_factor, self.max_connection_wait_time)
+
+    def go_idle(self) -> None:
+        """What RQ's worker does before it waits for a job, and the next horse made ready."""
+        self.set_state(WorkerStatus.IDLE)
+        self.get_ready()
+        self.procline("Listening on " + ",".join(self.queue_names()))
+        self.heartbeat()
+        if self.should_run_maintenance_tasks:
+            self.run_maintenance_tasks()
 
     def wait_for_job(self, timeout: int) -> tuple[str, str, bool] | None:
         """Block until a job id arrives: (queue key, job id, whether it went to the intermediate list)."""
@@ -355,10 +362,15 @@ class FastWorker(rq_classes.Worker):
         super().run_maintenance_tasks()
 
     def teardown(self) -> None:
-        if not self.is_horse:
-            with suppress(redis.exceptions.RedisError):
-                self.record()
-        super().teardown()
+        if self.is_horse:
+            return super().teardown()
+        try:
+            self.record()
+            super().teardown()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            self.log.warning(
+                "Worker %s: Redis is unreachable (%s) as it stops: its entry expires", self.name, exc
+            )
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run the claimed job; a plain success is recorded by the next script, at the latest when

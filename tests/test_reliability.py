@@ -187,6 +187,18 @@ def test_while_redis_is_away_enqueue_fails_cleanly_and_nothing_crashes(
     assert wait_for(job, timeout=60).status == "finished"
 
 
+def test_a_worker_stops_at_once_on_sigterm_while_redis_is_away(
+    own_redis: RedisServer, processes: Any
+) -> None:
+    connection = Redis.from_url(own_redis.url)
+    worker = processes("-m", "rq.cli", *WORKER_ARGS, "default")
+    wait_until(lambda: blocked_clients(connection), what="the worker")
+    own_redis.stop()
+    time.sleep(3)  # it meets the outage, and waits for Redis
+    worker.terminate()
+    assert worker.wait(10) == 0
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time a process has used, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
