@@ -563,18 +563,20 @@ def toolkit_submit_many(n: int) -> None:
 
 
 def enqueue_rates(connection: Redis, n: int) -> list[tuple[str, float | str]]:
-    """Enqueues per second from this process, the median of 3 runs of n each."""
+    """Enqueues per second from this process, the median of 3 runs of n each (at least 20,000 for the
+    bulk ways, which are for large batches)."""
     queue = Queue(QUEUE, connection=connection)
-    ways: list[tuple[str, Callable[[], object]]] = [
-        (f"LPUSH, pipelined (batches of {BATCH})", lambda: lpush_pipelined(connection, n)),
-        ("LPUSH, one by one", lambda: [connection.lpush("bench:lpush", message(n)) for _ in range(n)]),
-        ("RQ Queue.enqueue, one by one", lambda: [queue.enqueue("benchtask.noop", n) for _ in range(n)]),
-        (f"RQ enqueue_many + prepare_data (batches of {BATCH})", lambda: rq_enqueue_many(queue, n)),
-        ('toolkit submit_many("sleep", [(0,)] * N)', lambda: toolkit_submit_many(n)),
+    bulk = max(n, 20_000)
+    ways: list[tuple[str, int, Callable[[], object]]] = [
+        (f"LPUSH, pipelined (batches of {BATCH})", bulk, lambda: lpush_pipelined(connection, bulk)),
+        ("LPUSH, one by one", n, lambda: [connection.lpush("bench:lpush", message(n)) for _ in range(n)]),
+        ("RQ Queue.enqueue, one by one", n, lambda: [queue.enqueue("benchtask.noop", n) for _ in range(n)]),
+        (f"RQ enqueue_many + prepare_data (batches of {BATCH})", bulk, lambda: rq_enqueue_many(queue, bulk)),
+        ('toolkit submit_many("sleep", [(0,)] * N)', bulk, lambda: toolkit_submit_many(bulk)),
     ]
     rates: list[tuple[str, float | str]] = []
-    for name, action in ways:
-        rate = attempt(lambda: median_rate(connection, n, action))  # noqa: B023 - called at once
+    for name, count, action in ways:
+        rate = attempt(lambda: median_rate(connection, count, action))  # noqa: B023 - called at once
         rates.append((name, rate if isinstance(rate, float) else str(rate)))
     return rates
 
