@@ -280,7 +280,8 @@ Drained = tuple[int, float, float, float]  # jobs, jobs/s, seconds to the first 
 
 @dataclass
 class Results:
-    drained: dict[str, Drained | str] = field(default_factory=dict)
+    drained: dict[str, Drained | str] = field(default_factory=dict)  # the median round's
+    spread: dict[str, tuple[float, float]] = field(default_factory=dict)  # slowest and fastest jobs/s
     enqueued: list[tuple[str, float | str]] = field(default_factory=list)
     latency: dict[str, list[float] | str] = field(default_factory=dict)
 
@@ -592,30 +593,40 @@ def median_rate(connection: Redis, n: int, action: Callable[[], object]) -> floa
     return n / statistics.median(seconds)
 
 
-def measure(bench: Bench, everything: list[System], n: int, samples: int) -> Results:
+def measure(bench: Bench, everything: list[System], n: int, samples: int, rounds: int) -> Results:
+    """Enqueue rates, then each system's throughput in `rounds` rounds that take the systems in turn
+    (this machine's speed drifts by a third within minutes: one round each would compare moments,
+    not systems), then each one's latency."""
     results = Results()
     results.enqueued = enqueue_rates(bench.connection, n)
+    runs: dict[str, list[Drained] | str] = {
+        system.key: f"n/a ({system.broken})" if system.broken else [] for system in everything
+    }
+    for round_ in range(1, rounds + 1):
+        for system in everything:
+            done = runs[system.key]
+            if isinstance(done, str):
+                continue
+            print(f"measuring {system.label}, round {round_} of {rounds}", flush=True)
+            jobs = n // 4 if system.fork else n
+            got = attempt(lambda: drain(bench, system, jobs))  # noqa: B023 - called at once
+            runs[system.key] = done + [got] if isinstance(got, tuple) else str(got)  # type: ignore[list-item]
     for system in everything:
-        if system.broken:
-            results.drained[system.key] = results.latency[system.key] = f"n/a ({system.broken})"
+        done = runs[system.key]
+        if isinstance(done, str):
+            results.drained[system.key] = results.latency[system.key] = done
         else:
-            print(f"measuring {system.label}", flush=True)
-            measure_one(bench, system, n, samples, results)
+            ordered = sorted(done, key=lambda drained: drained[1])
+            results.drained[system.key] = ordered[len(ordered) // 2]
+            results.spread[system.key] = (ordered[0][1], ordered[-1][1])
+            count = max(20, samples // 4) if system.polls else samples
+            got = attempt(lambda: latency(bench, system, count))  # noqa: B023 - called at once
+            results.latency[system.key] = got if isinstance(got, list) else str(got)
         if system.sends:  # a peer: its own enqueue, timed by the driver while filling the queue
             drained = results.drained[system.key]
             rate = drained if isinstance(drained, str) else drained[0] / bench.enqueue_seconds[system.key]
             results.enqueued.append((system.sends, rate))
     return results
-
-
-def measure_one(bench: Bench, system: System, n: int, samples: int, results: Results) -> None:
-    """The system's throughput row and its latency row (or why not)."""
-    jobs = n // 4 if system.fork else n
-    drained = attempt(lambda: drain(bench, system, jobs))
-    results.drained[system.key] = drained if isinstance(drained, tuple) else str(drained)
-    count = max(20, samples // 4) if system.polls else samples
-    got = attempt(lambda: latency(bench, system, count))
-    results.latency[system.key] = got if isinstance(got, list) else str(got)
 
 
 def machine(connection: Redis, peers: dict[str, dict[str, str]]) -> str:
@@ -633,7 +644,7 @@ def machine(connection: Redis, peers: dict[str, dict[str, str]]) -> str:
     )
 
 
-def line(label: str, *cells: str, widths: tuple[int, ...] = (9,) * 5) -> None:
+def line(label: str, *cells: str, widths: tuple[int, ...] = (9,) * 5 + (18,)) -> None:
     print(f"{label:<50}" + "".join(f"{cell:>{width}}" for cell, width in zip(cells, widths, strict=False)))
 
 
@@ -641,7 +652,7 @@ def print_tables(everything: list[System], results: Results) -> None:
     ceiling = results.drained.get("bare")
     base = ceiling[1] if isinstance(ceiling, tuple) else 0.0
     print()
-    line("no-op jobs, one worker process", "jobs", "jobs/s", "vs bare", "start s", "RSS MB")
+    line("no-op jobs, one worker process", "jobs", "jobs/s", "vs bare", "start s", "RSS MB", "range")
     for system in everything:
         row = results.drained[system.key]
         if isinstance(row, str):
@@ -649,7 +660,9 @@ def print_tables(everything: list[System], results: Results) -> None:
             continue
         jobs, rate, startup, rss = row
         ratio = f"{rate / base:.3f}" if base else "?"
-        line(system.label, str(jobs), f"{rate:,.0f}", ratio, f"{startup:.2f}", f"{rss:.0f}")
+        low, high = results.spread[system.key]
+        spread = f"{low:,.0f} to {high:,.0f}"
+        line(system.label, str(jobs), f"{rate:,.0f}", ratio, f"{startup:.2f}", f"{rss:.0f}", spread)
     fastest = results.enqueued[0][1]
     print()
     line("enqueue, from one process", "jobs/s", "us/job", "vs pipelined LPUSH", widths=(9, 9, 20))
@@ -684,6 +697,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per run (a quarter for forking workers)")
     parser.add_argument("--samples", type=int, default=200, help="latency samples (a quarter for arq)")
+    parser.add_argument("--rounds", type=int, default=5, help="throughput rounds; the median is shown")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -701,7 +715,7 @@ def main() -> None:
         try:
             bench = Bench(work, server.url)
             everything = rq_systems(work) + peers
-            results = measure(bench, everything, options.jobs, options.samples)
+            results = measure(bench, everything, options.jobs, options.samples, options.rounds)
             print(f"\n{machine(bench.connection, peer_versions)}; {pinned}")
         finally:
             server.stop()
