@@ -8,16 +8,18 @@ rate limits, dependents, result_ttl=0, time-outs, stop commands) goes through RQ
 
 - `InProcessWorker` runs jobs in its own process, like RQ's SimpleWorker.
 - `ForkingWorker` runs each job in a fresh forked work-horse, like RQ's Worker; the horse hands a
-  plain success back to the worker through a pipe, so it never opens a Redis connection of its own.
+  plain success back to the worker through a pipe, and the worker records it.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import os
 import pickle
 import select
+import signal
 import sys
 import time
 from base64 import b64decode
@@ -34,7 +36,7 @@ from rq.job import Job, Retry
 from rq.queue import Queue
 from rq.results import Result
 from rq.timeouts import JobTimeoutException
-from rq.utils import now, utcformat
+from rq.utils import get_version, now, utcformat
 from rq.worker import WorkerStatus
 
 from config import rq_classes
@@ -47,23 +49,34 @@ STARTED = b"S"  # what a work-horse says as it starts its job, before it reports
 #
 # Success: prefix, worker, job id, execution id, queue, ended (RQ's date format), ended (s), result TTL,
 # seconds worked, the worker's TTL, then the result's stream fields. A job with dependents gets
-# {'dependents'} and nothing written: RQ's own success handling enqueues them.
+# {'dependents'} and nothing written: RQ's own success handling enqueues them. A success recorded
+# already (a reply lost on the way back) is not recorded twice.
 #
 # Claim (KEYS: the queues, in order): prefix, worker, now (s), now (RQ's date format), execution id, the
 # id a blocking wait popped already ('' to pop here), whether that one sits in KEYS[1]'s intermediate
 # list, then the heartbeat rule: monitoring interval, grace, in-process flag, RQ's default worker TTL.
-# Replies {} (no job), {'suspended'}, or {queue, job id, the job's hash}.
+# Replies {} (no job), {'suspended'}, or {'job', queue, job id, the job's hash}.
 STEP = """
+local function recorded(results, eid)
+  local last = redis.call('XREVRANGE', results, '+', '-', 'COUNT', 1)[1]
+  if not last then return false end
+  for i = 1, #last[2], 2 do
+    if last[2][i] == 'execution_id' then return last[2][i + 1] == eid end
+  end
+  return false
+end
+
 local function record(a)
   local prefix, worker, id, eid, queue, stamp, ttl = a[1], a[2], a[3], a[4], a[5], a[6], tonumber(a[8])
   local jobkey = prefix .. ':job:' .. id
   if redis.call('EXISTS', jobkey .. ':dependents') == 1 then return false end
+  local results = prefix .. ':results:' .. id
+  if recorded(results, eid) then return true end
   local wkey = prefix .. ':worker:' .. worker
   redis.call('HINCRBY', wkey, 'successful_job_count', 1)
   redis.call('HINCRBYFLOAT', wkey, 'total_working_time', a[9])
   if redis.call('EXISTS', jobkey) == 1 then
     redis.call('HSET', jobkey, 'status', 'finished', 'ended_at', stamp, 'last_heartbeat', stamp)
-    local results = prefix .. ':results:' .. id
     redis.call('XADD', results, 'MAXLEN', 10, '*', unpack(a, 11))
     if ttl == -1 then
       redis.call('PERSIST', results)
@@ -134,7 +147,7 @@ local function claim(a)
   redis.call('HSET', jobkey, 'last_heartbeat', stamp, 'status', 'started', 'started_at', stamp,
     'worker_name', worker)
   redis.call('PERSIST', jobkey)
-  return {queue, id, redis.call('HGETALL', jobkey)}
+  return {'job', queue, id, redis.call('HGETALL', jobkey)}
 end
 
 local n = tonumber(ARGV[1])
@@ -229,17 +242,17 @@ class FastWorker(rq_classes.Worker):
     def go_idle(self) -> None:
         """What RQ's worker does before it waits for a job, and the next horse made ready."""
         self.set_state(WorkerStatus.IDLE)
-        self.get_ready()
         self.procline("Listening on " + ",".join(self.queue_names()))
         self.heartbeat()
         if self.should_run_maintenance_tasks:
-            self.run_maintenance_tasks()
+            self.run_maintenance_tasks()  # (it may fork a scheduler: before the spare's pipes exist)
+        self.get_ready()
 
     def wait_for_job(self, timeout: int) -> tuple[str, str, bool] | None:
         """Block until a job id arrives: (queue key, job id, whether it went to the intermediate list)."""
         keys = [queue.key for queue in self._ordered_queues]
         try:
-            if len(keys) == 1:
+            if len(keys) == 1 and get_version(self.connection) >= (6, 2, 0):
                 got = Queue.lmove(self.connection, keys[0], timeout)
                 return keys[0], got[1].decode(), True
             key, job_id = Queue.lpop(keys, timeout, connection=self.connection)
@@ -270,10 +283,10 @@ class FastWorker(rq_classes.Worker):
         reply = self.step(keys, claim)
         if reply is None:
             reply = self.step(keys, claim)
-        if not reply or reply[0] == SUSPENDED.encode():
+        if not reply or reply[0] != b"job":
             self._state = WorkerStatus.IDLE
             return SUSPENDED if reply else None
-        claimed = Claimed(reply[0].decode(), reply[1].decode(), reply[2], execution_id, started)
+        claimed = Claimed(reply[1].decode(), reply[2].decode(), reply[3], execution_id, started)
         self.hand_over(claimed)
         job, queue = self.adopt(claimed)
         self.reorder_queues(reference_queue=queue)
@@ -328,7 +341,8 @@ class FastWorker(rq_classes.Worker):
         except BaseException:
             self._unrecorded = success  # a connection error: record it with the next script
             raise
-        self._beaten = time.monotonic()
+        if success or (reply and reply[0] == b"job"):
+            self._beaten = time.monotonic()  # the script wrote the worker's heartbeat
         if success:
             self.executions.pop(success.execution.id, None)
             if reply and reply[0] == b"dependents":
@@ -364,14 +378,19 @@ class FastWorker(rq_classes.Worker):
         super().run_maintenance_tasks()
 
     def teardown(self) -> None:
-        if self.is_horse:
-            return super().teardown()
         try:
             self.record()
+        except redis.exceptions.RedisError as exc:
+            assert self._unrecorded is not None
+            job_id = self._unrecorded.job.id
+            self.log.error(
+                "Worker %s: Redis error as it stops (%s): job %s finished unrecorded", self.name, exc, job_id
+            )
+        try:
             super().teardown()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except redis.exceptions.RedisError as exc:
             self.log.warning(
-                "Worker %s: Redis is unreachable (%s) as it stops: its entry expires", self.name, exc
+                "Worker %s: Redis error as it stops (%s): its entry expires by itself", self.name, exc
             )
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -390,12 +409,13 @@ class FastWorker(rq_classes.Worker):
     def get_ready(self) -> None:
         """Prepare, while idle, for the next job."""
 
-    @staticmethod
-    def plain(job: Job, value: Any) -> bool:
-        """Whether the one-script success applies: nothing RQ's success handling would do beyond it."""
+    def plain(self, job: Job, value: Any) -> bool:
+        """Whether the one-script success applies: nothing RQ's success handling would do beyond it
+        (a result kept for a while or for ever; RQ deletes the job for 0)."""
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
         return not (
             isinstance(value, Retry)
-            or job.result_ttl == 0
+            or not (result_ttl == -1 or result_ttl > 0)
             or job._success_callback_name
             or job.webhooks
             or job.repeats_left
@@ -438,6 +458,9 @@ class InProcessWorker(FastWorker):
     in_process = True
     job_log_level = logging.DEBUG  # at thousands of jobs a second, a line each would cost a tenth
 
+    def kill_horse(self, sig: Any = None) -> None:
+        """No horse to kill (as RQ's SimpleWorker): a stop command must not kill this process group."""
+
     def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
         return self.run(job, queue, execution)
 
@@ -455,13 +478,13 @@ class ForkingWorker(FastWorker):
     """Runs each job in a fresh work-horse forked for it (a crash, a leak or a memory cap stays in
     there), monitored as RQ's Worker does: heartbeats, the kill after time-out + 60 s, stop commands.
     While idle it keeps the next horse forked and waiting, so a job starts without waiting for a fork.
-    A horse sends a plain success back through a pipe, so it never opens a Redis connection."""
+    A horse sends a plain success back through a pipe, and the worker records it."""
 
     _spare: Horse | None = None
     _rehearsal: Claimed | None = None
     _horse: Horse
+    _horse_exit: int | None = None  # a pidfd: readable once the horse has exited
     _report: bytearray | None = None
-    _reports: int = -1
     _horse_status: int | None = None
 
     def get_ready(self) -> None:
@@ -485,36 +508,37 @@ class ForkingWorker(FastWorker):
         spare, self._spare = self._spare, None
         horse = spare or self.fork_horse(spare=False)
         message = pickle.dumps(claimed)
+        message = len(message).to_bytes(8, "big") + message
         try:
             write_all(horse.jobs, message)
         except BrokenPipeError:  # the waiting horse died (killed by hand?): fork one for this job
-            os.close(horse.jobs)
-            os.close(horse.reports)
-            os.waitpid(horse.pid, 0)
+            self.discard(horse)
             horse = self.fork_horse(spare=False)
             write_all(horse.jobs, message)
         os.close(horse.jobs)
+        self._horse, self._horse_pid = horse, horse.pid
         if horse is spare:
             # Let it start the job before this process goes on with its side: on a busy CPU that is
             # a millisecond or two sooner. (A horse that dies first gives an empty read.)
-            if select.select([horse.reports], [], [], 1.0)[0]:
-                os.read(horse.reports, len(STARTED))
-        self._horse = horse
+            os.read(horse.reports, len(STARTED))
 
     def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
-        horse = self._horse
-        self._horse_pid, self._reports, self._report = horse.pid, horse.reports, bytearray()
+        horse, self._report = self._horse, bytearray()
         self.procline(f"Horse {horse.pid} running {job.id} since {time.time()}")
-        with suppress(Exception):  # the horse meets (and reports) any error itself
-            job.func  # noqa: B018 (imports the job's module here, once, for every later horse)
+        self._horse_exit = os.pidfd_open(horse.pid)
         try:
             self.monitor_work_horse(job, queue, execution)
         finally:
+            os.close(self._horse_exit)
             os.close(horse.reports)
         report, self._report = self._report, None
         if not report or self._horse_status != os.EX_OK:
             return None
-        job.ended_at, fields = pickle.loads(report)
+        job.ended_at, fields, func_name = pickle.loads(report)
+        module = func_name.rpartition(".")[0]
+        if module not in sys.modules:
+            with suppress(Exception):  # import it here, once, for every later horse
+                importlib.import_module(module)
         return Success(job, queue, execution, fields)
 
     def fork_horse(self, spare: bool) -> Horse:
@@ -541,36 +565,64 @@ class ForkingWorker(FastWorker):
         try:
             if spare:
                 self.rehearse()
-            message = read_to_end(jobs)
-            if not message:
+            size = read_exactly(jobs, 8)
+            if len(size) < 8:
                 os._exit(0)
             self.executions.clear()
-            job, queue = self.adopt(pickle.loads(message))
+            job, queue = self.adopt(pickle.loads(read_exactly(jobs, int.from_bytes(size, "big"))))
             os.environ["RQ_WORKER_ID"], os.environ["RQ_JOB_ID"] = self.name, job.id
             if spare:
                 os.write(reports, STARTED)
             success = self.run(job, queue, next(iter(self.executions.values())))
             if success:
-                write_all(reports, pickle.dumps((job.ended_at, success.fields)))
+                try:
+                    write_all(reports, pickle.dumps((job.ended_at, success.fields, job.func_name)))
+                except BrokenPipeError:  # the worker died: record the success from here, as RQ's horse
+                    self._unrecorded = success
+                    self.record()
         except BaseException:
             os._exit(1)
         os._exit(0)
 
     def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
-        """Read the horse's report to its end (under RQ's monitoring alarm), then reap it."""
-        assert self._report is not None
-        while chunk := os.read(self._reports, 65536):
-            self._report += chunk
+        """Read the horse's report until it ends or the horse exits (a process the job started may
+        hold the pipe open), under RQ's monitoring alarm; then reap the horse."""
+        assert self._report is not None and self._horse_exit is not None
+        reports = self._horse.reports
+        poller = select.poll()
+        poller.register(reports, select.POLLIN)
+        poller.register(self._horse_exit, select.POLLIN)
+        while True:
+            if reports in {fd for fd, _ in poller.poll()}:
+                if chunk := os.read(reports, 65536):
+                    self._report += chunk
+                    continue
+                break
+            os.set_blocking(reports, False)  # the horse exited: take what it wrote, and no more
+            with suppress(BlockingIOError):
+                while chunk := os.read(reports, 65536):
+                    self._report += chunk
+            break
         pid, status, rusage = super().wait_for_horse()
         self._horse_status = status
         return pid, status, rusage
 
+    def kill_horse(self, sig: Any = signal.SIGKILL) -> None:
+        if self.horse_pid:  # no horse: a stop command must not kill this process group
+            super().kill_horse(sig)
+
+    def discard(self, horse: Horse) -> None:
+        """Kill a horse that has no job (it has nothing to lose), and close its pipes."""
+        with suppress(ProcessLookupError):
+            os.kill(horse.pid, signal.SIGKILL)
+        os.waitpid(horse.pid, 0)
+        os.close(horse.jobs)
+        os.close(horse.reports)
+
     def teardown(self) -> None:
-        if self._spare and not self.is_horse:
-            os.close(self._spare.jobs)  # it reads the end of its pipe, and exits
-            os.close(self._spare.reports)
-            os.waitpid(self._spare.pid, 0)
-            self._spare = None
+        spare, self._spare = self._spare, None
+        if spare:
+            self.discard(spare)
         super().teardown()
 
 
@@ -579,8 +631,10 @@ def write_all(fd: int, data: bytes) -> None:
         data = data[os.write(fd, data) :]
 
 
-def read_to_end(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 65536):
+def read_exactly(fd: int, size: int) -> bytes:
+    """`size` bytes from a pipe, or fewer if it ends first."""
+    chunks, left = [], size
+    while left and (chunk := os.read(fd, min(left, 65536))):
         chunks.append(chunk)
+        left -= len(chunk)
     return b"".join(chunks)

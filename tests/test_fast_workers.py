@@ -263,3 +263,64 @@ def test_each_job_gets_a_fresh_horse_and_a_spare_waits_while_idle(connection: Re
     worker.terminate()
     assert worker.wait(10) == 0
     wait_until(lambda: not left & descendants(1), 5, "the spare to exit with the worker")
+
+
+def test_a_stop_command_leaves_the_in_process_worker_alive(connection: Redis, processes: Any) -> None:
+    worker = start_worker_process(processes, "config.fast_worker.InProcessWorker", "default")
+    wait_until(lambda: live_workers(connection), what="the worker registers")
+    queue = Queue("default", connection=connection)
+    job = queue.enqueue(compat_jobs.sleep, 1)
+    wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED)
+    send_stop_job_command(connection, job.id)  # RQ's SimpleWorker has no horse to kill either
+    wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, what="the job to end")
+    assert worker.poll() is None
+    follow = queue.enqueue(compat_jobs.add, 1, 2)
+    wait_until(lambda: follow.get_status(refresh=True) == JobStatus.FINISHED, what="the worker goes on")
+
+
+@pytest.mark.parametrize(
+    "worker_class", ["config.fast_worker.ForkingWorker", "config.fast_worker.InProcessWorker"]
+)
+def test_an_idle_worker_keeps_beating(connection: Redis, processes: Any, worker_class: str) -> None:
+    worker_process = start_worker_process(processes, worker_class, "--worker-ttl", "16", "default")
+    worker = wait_until(lambda: live_workers(connection), what="the worker registers")[0]
+    first = connection.hget(worker.key, "last_heartbeat")
+    wait_until(lambda: connection.hget(worker.key, "last_heartbeat") != first, 10, "a heartbeat while idle")
+    assert worker_process.poll() is None and connection.ttl(worker.key) > 60
+
+
+def test_queues_named_like_the_scripts_replies_work(connection: Redis) -> None:
+    queues = [Queue(name, connection=connection) for name in ("suspended", "dependents", "job")]
+    jobs = [queue.enqueue(compat_jobs.add, 1, 1) for queue in queues for _ in range(2)]
+    InProcessWorker([queue.name for queue in queues], connection=connection).work(burst=True)
+    assert [job.get_status(refresh=True) for job in jobs] == [JobStatus.FINISHED] * 6
+    assert [len(job.results()) for job in jobs] == [1] * 6
+
+
+def test_a_success_is_recorded_once_even_if_recorded_again(connection: Redis) -> None:
+    """A script whose reply was lost is sent again with the next one: it must not count twice."""
+    job = Queue("default", connection=connection).enqueue(compat_jobs.add, 2, 2)
+    worker = InProcessWorker(["default"], connection=connection)
+    claimed = worker.claim()
+    assert claimed and claimed != "suspended"
+    worker.execute_job(*claimed)
+    success = worker._unrecorded
+    worker.record()
+    worker._unrecorded = success
+    worker.record()
+    assert len(job.results()) == 1 and job.get_status(refresh=True) == JobStatus.FINISHED
+    assert connection.hget(worker.key, "successful_job_count") == b"1"
+
+
+def test_a_process_the_job_leaves_behind_does_not_hold_up_the_forking_worker(
+    connection: Redis, processes: Any
+) -> None:
+    """Without `-c config.rq` (no parent-death signal for the horse's children), a process the job
+    forked keeps the horse's pipe open: the worker must go by the horse's exit, not the pipe's end."""
+    url = connection_url(connection)
+    processes("-m", "rq.cli", "worker", "-u", url, "-w", "config.fast_worker.ForkingWorker", "default")
+    wait_until(lambda: live_workers(connection), what="the worker registers")
+    job = Queue("default", connection=connection).enqueue(compat_jobs.leave_a_child, 10)
+    wait_until(
+        lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 5, "the job, before its child ends"
+    )
