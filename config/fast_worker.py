@@ -188,6 +188,13 @@ class FastWorker(rq_classes.Worker):
         self._beaten = 0.0
         self._unrecorded: Success | None = None
         self._queues: dict[str, Queue] = {}  # by name, made once: RQ's constructors are not cheap
+        # The blocking wait for a job has a connection of its own, closed before each fork: if this
+        # process dies in that wait, no horse (or process a job left behind) holds the socket open,
+        # which would make Redis hand the next job to a reader that is gone.
+        pool = self.connection.connection_pool
+        self._waiting = redis.Redis(
+            connection_pool=type(pool)(pool.connection_class, **pool.connection_kwargs)
+        )
 
     # The claim does the suspension check and the heartbeat that RQ's loop does around each job.
     def check_for_suspension(self, burst: bool) -> None:
@@ -253,9 +260,9 @@ class FastWorker(rq_classes.Worker):
         keys = [queue.key for queue in self._ordered_queues]
         try:
             if len(keys) == 1 and get_version(self.connection) >= (6, 2, 0):
-                got = Queue.lmove(self.connection, keys[0], timeout)
+                got = Queue.lmove(self._waiting, keys[0], timeout)
                 return keys[0], got[1].decode(), True
-            key, job_id = Queue.lpop(keys, timeout, connection=self.connection)
+            key, job_id = Queue.lpop(keys, timeout, connection=self._waiting)
             return key.decode(), job_id.decode(), False
         except DequeueTimeout:
             return None
@@ -544,6 +551,7 @@ class ForkingWorker(FastWorker):
     def fork_horse(self, spare: bool) -> Horse:
         """A horse waiting for its job; a spare one (forked while idle) rehearses, and says when it
         starts the job."""
+        self._waiting.connection_pool.disconnect()
         jobs_read, jobs_write = os.pipe()
         reports_read, reports_write = os.pipe()
         pid = os.fork()

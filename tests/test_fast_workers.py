@@ -318,9 +318,22 @@ def test_a_process_the_job_leaves_behind_does_not_hold_up_the_forking_worker(
     """Without `-c config.rq` (no parent-death signal for the horse's children), a process the job
     forked keeps the horse's pipe open: the worker must go by the horse's exit, not the pipe's end."""
     url = connection_url(connection)
-    processes("-m", "rq.cli", "worker", "-u", url, "-w", "config.fast_worker.ForkingWorker", "default")
+    worker = processes(
+        "-m", "rq.cli", "worker", "-u", url, "-w", "config.fast_worker.ForkingWorker", "default"
+    )
     wait_until(lambda: live_workers(connection), what="the worker registers")
-    job = Queue("default", connection=connection).enqueue(compat_jobs.leave_a_child, 10)
+    queue = Queue("default", connection=connection)
+    job = queue.enqueue(compat_jobs.leave_a_child, 10)
     wait_until(
         lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 5, "the job, before its child ends"
     )
+    # Killed while it waits for a job, with that child still alive: the next job must not be lost to
+    # a socket of its wait that the child would hold open.
+    waiting = lambda: any(c["cmd"] in ("blmove", "blpop") for c in connection.client_list())  # noqa: E731
+    wait_until(waiting, what="its wait")
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    wait_until(lambda: not waiting(), 5, "Redis to drop the wait")
+    later = queue.enqueue(compat_jobs.add, 1, 1)
+    SimpleWorker(["default"], connection=connection).work(burst=True)
+    assert later.get_status(refresh=True) == JobStatus.FINISHED
