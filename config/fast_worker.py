@@ -306,7 +306,7 @@ class FastWorker(rq_classes.Worker):
     def adopt(self, claimed: Claimed) -> tuple[Job, Queue]:
         """The job and queue of a claim, with its execution as this worker's current one."""
         job = self.job_class(claimed.job_id, connection=self.connection, serializer=self.serializer)
-        job.restore(dict(zip(claimed.fields[::2], claimed.fields[1::2], strict=True)))
+        job.restore(as_mapping(claimed.fields))
         queue = self._queues.get(claimed.queue)
         if queue is None:
             queue = self._queues[claimed.queue] = self.queue_class(
@@ -371,7 +371,7 @@ class FastWorker(rq_classes.Worker):
 
     def hand_to_rq(self, success: Success) -> None:
         """RQ's own success handling (the job has dependents), with the result the horse sent."""
-        entry = dict(zip(success.fields[::2], success.fields[1::2], strict=True))
+        entry = as_mapping(success.fields)
         job = success.job
         job._result = (
             job.serializer.loads(b64decode(entry["return_value"])) if "return_value" in entry else None
@@ -632,6 +632,11 @@ class ForkingWorker(FastWorker):
         if spare:
             self.discard(spare)
         super().teardown()
+
+
+def as_mapping(flat: list[Any]) -> dict[Any, Any]:
+    """A field-value list (HGETALL's reply, XADD's arguments) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from click.testing import CliRunner, Result
+from redis import Redis
 
 from cli import cli
 from config.settings import PROJECT_ROOT
@@ -59,3 +60,8 @@ def wait_until(
             return value
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def blocked_clients(connection: Redis) -> list[dict[str, Any]]:
+    """The clients of this Redis blocked waiting for a job (a worker's BLPOP or BLMOVE)."""
+    return [client for client in connection.client_list() if client["cmd"] in ("blpop", "blmove")]

@@ -24,7 +24,7 @@ from config.fast_worker import ForkingWorker, InProcessWorker
 from launcher.children import descendants
 from launcher.dashboard import create_app
 from tests import compat_jobs
-from tests.support import python, wait_until
+from tests.support import blocked_clients, python, wait_until
 
 SUITE: dict[str, tuple[Any, tuple[Any, ...], dict[str, Any]]] = {
     "add": (compat_jobs.add, (2, 3), {}),
@@ -187,7 +187,7 @@ def test_rq_info_requeue_and_the_dashboard_read_what_the_toolkit_ran(
     ok, bad = queue.enqueue(compat_jobs.add, 20, 22), queue.enqueue(compat_jobs.fail, "no")
     wait_until(lambda: bad.get_status(refresh=True) == JobStatus.FAILED and ok.get_status() == "finished")
 
-    info = python("-m", "rq.cli", "info", "-u", connection_url(connection), "default")
+    info = python("-m", "rq.cli", "info", "-u", os.environ["REDIS_URL"], "default")
     assert info.returncode == 0, info.stderr
     assert re.search(r"default\s+\|\s+0", info.stdout)
     assert re.search(rf"{worker.name} \(.*\): idle default. jobs: 1 finished, 1 failed", info.stdout)
@@ -202,7 +202,7 @@ def test_rq_info_requeue_and_the_dashboard_read_what_the_toolkit_ran(
     assert [w["name"] for w in workers] == [worker.name]
     assert workers[0]["successful_job_count"] == 1 and workers[0]["failed_job_count"] == 1
 
-    again = python("-m", "rq.cli", "requeue", "-u", connection_url(connection), "--queue", "default", "--all")
+    again = python("-m", "rq.cli", "requeue", "-u", os.environ["REDIS_URL"], "--queue", "default", "--all")
     assert again.returncode == 0, again.stderr
     wait_until(lambda: len(bad.results()) == 2, what="the requeued job ran again")
     assert bad.get_status(refresh=True) == JobStatus.FAILED
@@ -219,11 +219,6 @@ def test_a_stop_command_stops_the_forking_workers_job(connection: Redis, process
     assert job.id in Queue("default", connection=connection).failed_job_registry
     follow = Queue("default", connection=connection).enqueue(compat_jobs.add, 1, 2)
     wait_until(lambda: follow.get_status(refresh=True) == JobStatus.FINISHED, what="the worker goes on")
-
-
-def connection_url(connection: Redis) -> str:
-    kwargs = connection.connection_pool.connection_kwargs
-    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
 
 
 def test_workers_stay_compatible_with_a_stock_worker_on_the_same_queue(
@@ -317,7 +312,7 @@ def test_a_process_the_job_leaves_behind_does_not_hold_up_the_forking_worker(
 ) -> None:
     """Without `-c config.rq` (no parent-death signal for the horse's children), a process the job
     forked keeps the horse's pipe open: the worker must go by the horse's exit, not the pipe's end."""
-    url = connection_url(connection)
+    url = os.environ["REDIS_URL"]
     worker = processes(
         "-m", "rq.cli", "worker", "-u", url, "-w", "config.fast_worker.ForkingWorker", "default"
     )
@@ -329,11 +324,10 @@ def test_a_process_the_job_leaves_behind_does_not_hold_up_the_forking_worker(
     )
     # Killed while it waits for a job, with that child still alive: the next job must not be lost to
     # a socket of its wait that the child would hold open.
-    waiting = lambda: any(c["cmd"] in ("blmove", "blpop") for c in connection.client_list())  # noqa: E731
-    wait_until(waiting, what="its wait")
+    wait_until(lambda: blocked_clients(connection), what="its wait")
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
-    wait_until(lambda: not waiting(), 5, "Redis to drop the wait")
+    wait_until(lambda: not blocked_clients(connection), 5, "Redis to drop the wait")
     later = queue.enqueue(compat_jobs.add, 1, 1)
     SimpleWorker(["default"], connection=connection).work(burst=True)
     assert later.get_status(refresh=True) == JobStatus.FINISHED

@@ -25,16 +25,12 @@ from launcher.redis_server import RedisServer, free_port
 from launcher.stack import WORKER_ARGS
 from scheduler import periodic
 from tests.pictures import photo
-from tests.support import python, start_python, wait_until
+from tests.support import blocked_clients, python, start_python, wait_until
 from tests.test_schedule import fired
 
 ABANDONED_WITHIN = 60  # s: heartbeat 5 + 15 s, then a registry sweep every 10 s, at most 25 s apart
 
 pytestmark = pytest.mark.slow
-
-
-def blocked_clients(connection: Redis) -> list[dict[str, Any]]:
-    return [client for client in connection.client_list() if client["cmd"] in ("blpop", "blmove")]
 
 
 @pytest.mark.parametrize("queues", [("default",), ("email", "default")], ids=["BLMOVE", "BLPOP"])
