@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 from config import get_settings
+from config.connection import answers
 from config.settings import PROJECT_ROOT
 from jobs import enqueue
-from launcher.redis_server import RedisServer, answers, free_port
+from launcher.redis_server import RedisServer, free_port
 
 
 def wait_for_port(port: int) -> None:

@@ -39,9 +39,10 @@ from rq import Queue
 from config import get_settings
 from config.settings import PROJECT_ROOT
 from jobs import submit_many
-from launcher.children import descendants, die_with_parent, kill_tree
+from launcher.children import descendants, kill_tree
 from launcher.redis_server import RedisServer, free_port
 from launcher.stack import WORKER_ARGS
+from workers.lifetime import die_with_parent
 
 PEERS_HOME = Path.home() / ".cache" / "rqkit-bench" / "peers-venv"  # one venv per peer in there
 # One venv each: arq wants redis-py < 6, Celery's Redis transport >= 6.4.

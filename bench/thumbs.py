@@ -30,8 +30,8 @@ from config import get_settings
 from config.settings import PROJECT_ROOT
 from jobs import submit_many
 from jobs.images import Places, ThumbnailSpec, make_thumbnails
-from jobs.monitoring import wait_for_all
 from launcher.redis_server import RedisServer, free_port
+from ops.outcomes import wait_for_all
 
 SIZES = (1024, 256, 128)
 QUALITY = 85

@@ -1,4 +1,4 @@
-"""The one place that makes Redis clients from settings."""
+"""The one place that makes Redis clients: from settings, for a probe of a URL, or a pool of its own."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from redis.exceptions import ConnectionError, TimeoutError
 
 from config.errors import ToolkitError
 from config.settings import Settings, get_settings
+
+# Key prefixes that belong to RQ and to the toolkit: no job, store or sweep may write or delete under them.
+RESERVED_PREFIXES = ("rq:", "rqkit:")
 
 
 class RedisUnavailable(ToolkitError):
@@ -29,6 +32,23 @@ def redis_client(settings: Settings | None = None) -> Redis:
 def client_for(url: str, connect_timeout: float) -> Redis:
     """One client, and so one connection pool, per URL: reusing connections is most of the speed."""
     return Redis.from_url(url, socket_connect_timeout=connect_timeout, health_check_interval=30)
+
+
+def separate_client(client: Redis) -> Redis:
+    """A client of the same server with a connection pool of its own (a socket nobody else shares)."""
+    pool = client.connection_pool
+    return Redis(connection_pool=type(pool)(pool.connection_class, **pool.connection_kwargs))
+
+
+def answers(url: str, timeout: float = 1.0) -> bool:
+    """Whether a Redis server answers PING at `url` (a throw-away client, closed at once)."""
+    client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except (ConnectionError, OSError):
+        return False
+    finally:
+        client.close()
 
 
 def ping(connection: Redis) -> None:

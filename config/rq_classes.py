@@ -1,26 +1,29 @@
-"""RQ's Job, Queue and Worker with the configured serializer (pickle or json) as their default.
+"""RQ's Job, Queue and Worker with the configured serializer (pickle or json) as their default, and the
+job states the toolkit shows.
 
 Every part of the toolkit makes its RQ objects from these classes, and hands them to the tools that
 take a class: `rqscheduler --job-class config.rq_classes.Job` (rq-scheduler has no serializer
-option), and rq-dashboard through `launcher/dashboard.py`. Stock `rq worker` takes `-S json`.
+option), and rq-dashboard through `launcher/dashboard.py`. Stock `rq worker` takes `-S json`. The
+toolkit's own worker engine (`workers/`) builds on `Worker`.
 """
 
 from __future__ import annotations
 
-import signal
-import time
-from contextlib import suppress
 from typing import Any
 
 import rq
 import rq.job
-import rq_scheduler
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq.job import JobStatus
 from rq.serializers import DefaultSerializer, JSONSerializer
 
 from config.settings import get_settings
+
+# The states a job is counted and listed in (one list or registry each), as `info`, `jobs list` and the
+# metrics show them; and the groups the toolkit decides by.
+STATES = ("queued", "started", "scheduled", "deferred", "failed", "finished")
+WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED)
+UNFINISHED = (*WAITING, JobStatus.SCHEDULED, JobStatus.STARTED)
+ENDED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 
 
 def configured_serializer() -> type[DefaultSerializer] | type[JSONSerializer]:
@@ -44,67 +47,12 @@ class Queue(rq.Queue):
 
 
 class Worker(rq.Worker):
-    """RQ's forking worker, with a job's heartbeat lasting its monitoring interval plus 15 s (RQ: 60 s),
-    so that the job of a worker killed mid-job is found abandoned that much sooner, and which waits out
-    a Redis outage while suspended."""
+    """RQ's worker with the configured serializer, job and queue classes (to list workers, and the base
+    of the toolkit's own)."""
 
     job_class = Job
     queue_class: type[rq.Queue] = Queue
-    heartbeat_grace = 15
 
     def __init__(self, queues: Any, name: str | None = None, **kwargs: Any) -> None:
         kwargs["serializer"] = kwargs.get("serializer") or configured_serializer()
         super().__init__(queues, name, **kwargs)
-
-    def get_heartbeat_ttl(self, job: rq.job.Job, working_time: float = 0.0) -> int:
-        return super().get_heartbeat_ttl(job, working_time) - 60 + self.heartbeat_grace
-
-    def check_for_suspension(self, burst: bool) -> None:
-        """RQ's check, which a Redis restart while workers are suspended (`rq suspend`) would crash:
-        wait for Redis instead, as RQ does when it meets an outage in its dequeue."""
-        while True:
-            try:
-                return super().check_for_suspension(burst)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                self.log.warning("Worker %s: Redis is unreachable (%s); retrying in 2 s", self.name, exc)
-                time.sleep(2)
-
-
-class Scheduler(rq_scheduler.Scheduler):
-    """rq-scheduler's scheduler, storing and moving jobs of the configured serializer, whose loop
-    outlives a Redis restart or outage (stock `rqscheduler` exits at the first connection error)."""
-
-    job_class = Job
-    queue_class = Queue
-    stopping = False
-
-    def run(self, burst: bool = False) -> None:
-        wait = 1.0
-        while True:
-            started = time.monotonic()
-            try:
-                return super().run(burst)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                if self.stopping:
-                    raise
-                wait = 1.0 if time.monotonic() - started > 60 else min(wait * 2, 30)
-                self.log.warning("Redis is unreachable (%s); trying again in %.0f s", exc, wait)
-                time.sleep(wait)
-
-    def register_birth(self) -> None:
-        self.connection.delete(self.key)  # this process's own entry, left by a run cut off from Redis
-        super().register_birth()
-
-    def _install_signal_handlers(self) -> None:
-        """Stop on SIGINT or SIGTERM, even while Redis is away (stock: the handler itself fails)."""
-
-        def stop(signum: int, frame: Any) -> None:
-            self.log.info("Shutting down RQ scheduler...")
-            self.stopping = True
-            with suppress(RedisError):
-                self.register_death()
-                self.remove_lock()
-            raise SystemExit()
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)

@@ -21,6 +21,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config" / "settings.toml"
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # for every entry point that logs
 
 
 @dataclasses.dataclass(frozen=True)

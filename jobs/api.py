@@ -23,8 +23,9 @@ from redis import Redis
 from rq import get_current_job
 
 from config import Settings, get_settings, redis_client
+from config.connection import RESERVED_PREFIXES
 from jobs.errors import JobInputError, RejectedError, UpstreamError
-from jobs.failure_policy import retry_only_transient
+from jobs.runtime import retry_only_transient
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ SLEEP_LIMIT = (
 )
 MAX_RETRY_AFTER = 24 * 3600
 EXCERPT = 200
-RESERVED_KEYS = ("rq:", "rqkit:")
 USER_AGENT = f"rqkit/{version('rqkit')} (background jobs on RQ)"
 
 # GCRA: each call reserves the next slot of its host (one every `interval` ms) and learns how long to
@@ -89,7 +89,7 @@ def check_call(
     for name, value in (("idempotency_key", idempotency_key), ("store_as", store_as)):
         if value is not None and (not isinstance(value, str) or not value):
             raise JobInputError(f"api-call: {name} must be a non-empty string, got {value!r}")
-    if isinstance(store_as, str) and store_as.startswith(RESERVED_KEYS):
+    if isinstance(store_as, str) and store_as.startswith(RESERVED_PREFIXES):
         raise JobInputError(
             f"api-call: store_as {store_as!r} would overwrite the queues' or the toolkit's keys"
         )

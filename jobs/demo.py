@@ -6,7 +6,7 @@ import logging
 import time
 
 from jobs.errors import JobInputError
-from jobs.failure_policy import retry_only_transient
+from jobs.runtime import retry_only_transient
 
 logger = logging.getLogger(__name__)
 

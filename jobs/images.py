@@ -7,7 +7,7 @@ import logging
 import os
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +17,8 @@ from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageErro
 
 from config import Settings, get_settings
 from jobs.errors import JobInputError, ToolkitError
-from jobs.failure_policy import memory_cap, retry_only_transient
-from jobs.media import inside_media_root
+from jobs.media import TEMP_PREFIX, inside_media_root
+from jobs.runtime import memory_cap, retry_only_transient
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,6 @@ FORMATS = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "web
 MAX_SIZE = 8192
 VERSION = 1  # part of every output's marker: bump it when the output changes, and reruns regenerate
 REDUCING_GAP = 3.0  # Pillow's reduce() first, then LANCZOS: near a full LANCZOS, much faster
-TEMP_PREFIX = ".rqkit-tmp-"  # files being written; sweeps leave them alone
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"})
 
 
@@ -181,6 +180,14 @@ def is_up_to_date(path: str, places: Places, spec: ThumbnailSpec, max_pixels: in
         return all(up_to_date(output, mtime, marker) for output in outputs.values())
     except (OSError, ToolkitError):
         return False
+
+
+def needing_thumbnails(
+    paths: Iterable[Path], places: Places, spec: ThumbnailSpec, max_pixels: int
+) -> list[str]:
+    """The media-root-relative paths, among `paths`, of the images whose thumbnails are missing or stale."""
+    relative = (places.relative(path) for path in paths)
+    return [path for path in relative if not is_up_to_date(path, places, spec, max_pixels)]
 
 
 def up_to_date(output: Path, source_mtime_ns: int, marker: str) -> bool:

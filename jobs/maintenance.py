@@ -28,12 +28,13 @@ from sqlalchemy import Engine, MetaData, Table, delete, func, select
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from config import ConfigError, Settings, get_settings, redis_client
+from config.connection import RESERVED_PREFIXES
 from jobs import content
 from jobs.content import database_engine
 from jobs.errors import JobInputError
-from jobs.failure_policy import retry_only_transient
-from jobs.images import TEMP_PREFIX
 from jobs.locks import exclusive
+from jobs.media import TEMP_PREFIX
+from jobs.runtime import retry_only_transient
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "rails": {"table": "sessions", "key_column": "id", "updated_column": "updated_at", "max_age": 14 * 86400},
     "flask": {"table": "sessions", "key_column": "id", "expiry_column": "expiry"},
 }
-RESERVED = (b"rq:", b"rqkit:")  # the queues' and the toolkit's own keys: never swept
+RESERVED = tuple(prefix.encode() for prefix in RESERVED_PREFIXES)  # never swept
 JOB_TIMEOUT = 3 * 3600
 LOCK_SECONDS = JOB_TIMEOUT + 600  # outlasts the job, so two runs never overlap
 

@@ -1,10 +1,13 @@
-"""The media root: the one folder that job paths (images, attachments) may point into."""
+"""The media root: the one folder that job paths (images, attachments) may point into; and how files
+being written there are named."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from jobs.errors import JobInputError
+
+TEMP_PREFIX = ".rqkit-tmp-"  # files being written (renamed into place when whole); sweeps leave them alone
 
 
 def inside_media_root(path: str, media_root: Path, what: str) -> Path:

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, Table, select
 from config import get_settings, redis_client
 from jobs import content
 from jobs.errors import JobInputError
-from jobs.failure_policy import retry_only_transient
+from jobs.runtime import retry_only_transient
 
 logger = logging.getLogger(__name__)
 

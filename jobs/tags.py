@@ -18,7 +18,7 @@ from rq.job import Job
 
 from config import redis_client
 from jobs.errors import JobInputError
-from jobs.failure_policy import retry_only_transient
+from jobs.runtime import retry_only_transient
 
 TAG = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 PREFIX = "rqkit:tag:"

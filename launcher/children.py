@@ -1,20 +1,10 @@
-"""What every process the launcher starts shares: it dies with the launcher."""
+"""The launcher's children and everything below them: found from /proc, killed as a tree."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 from pathlib import Path
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """In a child: get `sig` when the parent dies, even by kill -9 (Linux only)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if hasattr(libc, "prctl"):
-        libc.prctl(PR_SET_PDEATHSIG, sig)
 
 
 def descendants(pid: int) -> set[int]:

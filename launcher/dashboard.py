@@ -1,4 +1,5 @@
-"""`python cli.py dashboard`: rq-dashboard, served inside a small Flask app that hardens it.
+"""`python cli.py dashboard` (and `python -m launcher.dashboard`, as `up` runs it): rq-dashboard, served
+inside a small Flask app that hardens it.
 
 rq-dashboard 0.9 renders job fields into its pages as raw HTML (a stored XSS on the job page, its
 issue #526), takes state-changing requests without any CSRF check (one of them also by GET), and has
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import secrets
+import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -30,8 +33,9 @@ from markupsafe import escape
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq.job import requeue_job
 
-from config import RedisUnavailable, Settings, ToolkitError
+from config import RedisUnavailable, Settings, ToolkitError, get_settings
 from config.rq_classes import Job, Queue, Worker, configured_serializer
+from config.settings import LOG_FORMAT
 from launcher.redis_server import LOOPBACK, check_free
 
 STATE_CHANGES = {
@@ -176,3 +180,11 @@ def serve(settings: Settings, announce: Callable[[str], None]) -> None:
     app = create_app(settings)
     announce(f"dashboard on http://{settings.dashboard_host}:{settings.dashboard_port}")
     waitress.serve(app, host=settings.dashboard_host, port=settings.dashboard_port, threads=4, ident="rqkit")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=get_settings().log_level.upper(), format=LOG_FORMAT)
+    try:
+        serve(get_settings(), announce=lambda line: print(line, file=sys.stderr))
+    except ToolkitError as exc:
+        sys.exit(f"Error: {exc}")

@@ -17,6 +17,9 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from jobs.errors import JobInputError
+from jobs.media import TEMP_PREFIX
+
 
 class SaveToFolder:
     """aiosmtpd handler: write the message, with its envelope recipients, atomically into `folder`."""
@@ -28,7 +31,7 @@ class SaveToFolder:
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.eml"
         header = f"X-Sink-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n".encode()
-        handle, temp = tempfile.mkstemp(prefix=".rqkit-tmp-", dir=self.folder)
+        handle, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.folder)
         with os.fdopen(handle, "wb") as stream:
             stream.write(header + envelope.original_content)
         os.replace(temp, self.folder / name)
@@ -67,6 +70,23 @@ def stored_messages(folder: Path) -> list[Stored]:
     """Every message in the sink, newest first."""
     paths = sorted(folder.glob("*.eml"), reverse=True) if folder.is_dir() else []
     return [Stored.read(path) for path in paths]
+
+
+def message_view(folder: Path, message_id: str) -> dict[str, Any]:
+    """One stored message (by id, or `latest`): its headers, its body (text, else HTML), its attachments."""
+    stored = stored_messages(folder)
+    chosen = stored[0].id if message_id == "latest" and stored else message_id
+    path = folder / f"{chosen}.eml"
+    if not path.is_file() or "/" in chosen:
+        raise JobInputError(f"no message {message_id!r} in {folder}")
+    message = load(path)
+    body = message.get_body(("plain", "html"))
+    return {
+        "id": chosen,
+        "headers": {name: str(value) for name, value in message.items()},
+        "body": body.get_content() if body else "",
+        "attachments": [part.get_filename() for part in message.iter_attachments()],
+    }
 
 
 def run(port: int, folder: Path) -> None:

@@ -10,11 +10,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from redis import Redis
-from redis.exceptions import ConnectionError
-
 from config import ToolkitError
-from launcher.children import die_with_parent
+from config.connection import answers
+from workers.lifetime import die_with_parent
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -110,17 +108,6 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-
-
-def answers(url: str, timeout: float = 1.0) -> bool:
-    """Whether a Redis server answers PING at `url`."""
-    client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-    try:
-        return bool(client.ping())
-    except (ConnectionError, OSError):
-        return False
-    finally:
-        client.close()
 
 
 def embeddable_address(url: str) -> tuple[str, int]:

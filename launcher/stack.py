@@ -1,4 +1,4 @@
-"""`up`: Redis (embedded if needed), workers, rqscheduler and rq-dashboard as child processes."""
+"""`up`: Redis (embedded if needed), workers, rqscheduler, rq-dashboard and the mail sink, as children."""
 
 from __future__ import annotations
 
@@ -10,13 +10,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import IO
 
-from config import Settings, redacted_url
+from config import Settings, redacted_url, redis_client
+from config.connection import answers
 from config.settings import PROJECT_ROOT
-from launcher.children import die_with_parent, kill_tree
+from launcher.children import kill_tree
 from launcher.dashboard import check_address as check_dashboard_address
-from launcher.redis_server import RedisServer, answers, check_free, embeddable_address
+from launcher.demo import run_demo as demo_script
+from launcher.redis_server import RedisServer, check_free, embeddable_address
+from scheduler.sync import sync
+from workers.lifetime import die_with_parent
 
 # The same command lines the README gives for running the parts by hand (plus -S, the serializer).
 # A job of a worker killed mid-job is found abandoned, and failed or retried, within about 45 s: its
@@ -27,7 +32,7 @@ WORKER_ARGS = (
     "config.rq",
     "--with-scheduler",
     "-w",
-    "config.fast_worker.ForkingWorker",
+    "workers.ForkingWorker",
     "--worker-ttl",
     "40",
     "--job-monitoring-interval",
@@ -150,7 +155,7 @@ class Stack:
         scheduler = Child(
             "scheduler", [python, "-m", "scheduler", "-i", str(self.settings.scheduler_interval)]
         )
-        dashboard = Child("dashboard", [python, "cli.py", "dashboard"])
+        dashboard = Child("dashboard", [python, "-m", "launcher.dashboard"])
         mail = Child(
             "mail",
             [
@@ -236,3 +241,24 @@ class Stack:
                 self.say(
                     child.name, "stopped" if code in (0, -signal.SIGTERM) else f"stopped (exit code {code})"
                 )
+
+
+def up(
+    settings: Settings, workers: int, scheduler: bool = True, dashboard: bool = True, demo: bool = False
+) -> int:
+    """Run the whole stack until Ctrl-C, SIGTERM or a child's death: the schedule synced first, and the
+    demo's jobs once it is up (with `demo`); the exit code."""
+    stack = Stack(settings, workers, scheduler, dashboard)
+
+    def sync_schedule() -> None:
+        changes = sync(settings, redis_client(settings))
+        stack.say(
+            "schedule",
+            f"synced: {len(changes.added)} added, {len(changes.updated)} updated, "
+            f"{len(changes.removed)} removed, {len(changes.unchanged)} unchanged",
+        )
+
+    def run_demo() -> None:
+        demo_script(settings, partial(stack.say, "demo"))
+
+    return stack.run(prepare=sync_schedule if scheduler else None, on_ready=run_demo if demo else None)

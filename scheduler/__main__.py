@@ -1,5 +1,5 @@
 """`python -m scheduler`: rq-scheduler's loop as `up` runs it, on the toolkit's Redis, with the configured
-serializer, and carrying on through Redis restarts (see config.rq_classes.Scheduler)."""
+serializer, and carrying on through Redis restarts (see scheduler/runner.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import argparse
 
 from rq_scheduler.utils import setup_loghandlers
 
-from config import get_settings, redis_client, rq_classes
+from config import get_settings, redis_client
+from scheduler.runner import Scheduler
 
 
 def main() -> None:
@@ -18,7 +19,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     setup_loghandlers(settings.log_level.upper())
-    rq_classes.Scheduler(connection=redis_client(settings), interval=args.interval).run()
+    Scheduler(connection=redis_client(settings), interval=args.interval).run()
 
 
 if __name__ == "__main__":

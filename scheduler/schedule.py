@@ -12,13 +12,13 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 
 from config import ConfigError, Settings
+from config.durations import parse_duration
 from jobs import get_spec
 from jobs.errors import JobInputError
 from jobs.registry import check_json, check_queue
 
 ENTRY_NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # stable ids: RQ 2.8+ rejects '.', ':' and spaces
 FIELDS = {"job", "args", "kwargs", "cron", "every", "queue", "timeout", "description", "enabled"}
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -100,16 +100,13 @@ def parse_entry(name: str, raw: dict[str, Any]) -> Entry:
 
 
 def interval(value: object, fail: Any) -> int | None:
-    """`every`: seconds, or a string like 30s, 10m, 2h, 1d; positive."""
+    """`every`: seconds, or a duration like 30s, 10m, 1.5h, 1d; a positive whole number of seconds."""
     if value is None:
         return None
-    seconds: float
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and re.fullmatch(r"\d+[smhd]", value.strip()):
-        seconds = int(value.strip()[:-1]) * UNITS[value.strip()[-1]]
-    else:
-        raise fail(f"every must be seconds or like 10m, got {value!r}")
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise fail(f"every must be seconds or like 10m, got {value!r}") from None
     if seconds <= 0 or seconds != int(seconds):
         raise fail(f"every must be a positive whole number of seconds, got {value!r}")
     return int(seconds)

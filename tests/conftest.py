@@ -16,10 +16,10 @@ from rq import SimpleWorker
 from sqlalchemy import Engine
 
 from config import get_settings
-from config.fast_worker import InProcessWorker
 from jobs import content
 from launcher.redis_server import RedisServer, free_port
 from tests.support import start_python
+from workers import InProcessWorker
 
 CLEARED = ("REDIS_URL", "RQ_REDIS_URL", "DATABASE_URL", "RQ_CONFIG")
 

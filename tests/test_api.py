@@ -22,7 +22,7 @@ from config import get_settings
 from jobs import enqueue, submit, submit_many
 from jobs.api import verify_signature
 from jobs.errors import JobInputError
-from jobs.monitoring import wait_for
+from ops.outcomes import wait_for
 from tests.support import start_python
 
 

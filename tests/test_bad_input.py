@@ -15,8 +15,8 @@ from redis import Redis
 
 from jobs import JOBS, enqueue, get_spec, submit
 from jobs.errors import JobInputError
-from jobs.monitoring import wait_for
 from launcher.redis_server import free_port
+from ops.outcomes import wait_for
 from tests.pictures import photo
 from tests.support import run
 

@@ -18,9 +18,9 @@ from config import RedisUnavailable, get_settings, rq_classes
 from jobs import JOBS, submit_many
 from jobs.bulk import new_ids
 from jobs.errors import JobInputError
-from jobs.monitoring import wait_for
-from jobs.registry import BULK_BATCH
+from jobs.submission import BULK_BATCH
 from launcher.redis_server import free_port
+from ops.outcomes import wait_for
 from tests.conftest import Media
 from tests.pictures import photo
 from tests.support import start_python, wait_until

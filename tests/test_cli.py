@@ -14,7 +14,8 @@ from redis import Redis
 from rq import Queue
 from sqlalchemy import Engine
 
-from cli import cli, enqueue
+from cli import cli
+from commands.enqueue import enqueue
 from jobs import JOBS
 from launcher.redis_server import free_port
 from tests.support import run, run_json, start_python

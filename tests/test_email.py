@@ -19,8 +19,8 @@ from cli import cli
 from config import get_settings
 from jobs import enqueue, submit
 from jobs.errors import JobInputError
-from jobs.monitoring import wait_for
 from launcher.redis_server import free_port
+from ops.outcomes import wait_for
 from tests.conftest import Media
 from tests.smtp_servers import PASSWORD, USER, Server, smtp_server
 

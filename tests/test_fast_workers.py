@@ -20,11 +20,11 @@ from rq.results import Result
 from rq.utils import as_text
 
 from config import get_settings
-from config.fast_worker import ForkingWorker, InProcessWorker
 from launcher.children import descendants
 from launcher.dashboard import create_app
 from tests import compat_jobs
 from tests.support import blocked_clients, python, wait_until
+from workers import ForkingWorker, InProcessWorker
 
 SUITE: dict[str, tuple[Any, tuple[Any, ...], dict[str, Any]]] = {
     "add": (compat_jobs.add, (2, 3), {}),
@@ -175,9 +175,7 @@ def live_workers(connection: Redis) -> list[rq.worker.BaseWorker]:
     return rq.Worker.all(connection=connection)
 
 
-@pytest.mark.parametrize(
-    "worker_class", ["config.fast_worker.ForkingWorker", "config.fast_worker.InProcessWorker"]
-)
+@pytest.mark.parametrize("worker_class", ["workers.ForkingWorker", "workers.InProcessWorker"])
 def test_rq_info_requeue_and_the_dashboard_read_what_the_toolkit_ran(
     connection: Redis, processes: Any, worker_class: str
 ) -> None:
@@ -209,7 +207,7 @@ def test_rq_info_requeue_and_the_dashboard_read_what_the_toolkit_ran(
 
 
 def test_a_stop_command_stops_the_forking_workers_job(connection: Redis, processes: Any) -> None:
-    start_worker_process(processes, "config.fast_worker.ForkingWorker", "default")
+    start_worker_process(processes, "workers.ForkingWorker", "default")
     wait_until(lambda: live_workers(connection), what="the worker registers")
     job = Queue("default", connection=connection).enqueue(compat_jobs.sleep, 60)
     wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED)
@@ -226,7 +224,7 @@ def test_workers_stay_compatible_with_a_stock_worker_on_the_same_queue(
 ) -> None:
     """A stock `rq worker` and the toolkit's on one queue: every job runs once, by one or the other."""
     start_worker_process(processes, "rq.worker.SimpleWorker", "default")
-    start_worker_process(processes, "config.fast_worker.InProcessWorker", "default")
+    start_worker_process(processes, "workers.InProcessWorker", "default")
     wait_until(lambda: len(live_workers(connection)) == 2, what="both workers register")
     queue = Queue("default", connection=connection)
     jobs = queue.enqueue_many([Queue.prepare_data(compat_jobs.add, (i, 0)) for i in range(400)])
@@ -239,7 +237,7 @@ def test_workers_stay_compatible_with_a_stock_worker_on_the_same_queue(
 def test_each_job_gets_a_fresh_horse_and_a_spare_waits_while_idle(connection: Redis, processes: Any) -> None:
     """Fork per job, isolation kept: no two jobs share a process. While idle, the next horse is
     forked and waiting; if it dies, the next job gets a new one; stopping the worker ends it."""
-    worker = start_worker_process(processes, "config.fast_worker.ForkingWorker", "default")
+    worker = start_worker_process(processes, "workers.ForkingWorker", "default")
     spare = wait_until(lambda: descendants(worker.pid), what="the spare horse")
     queue = Queue("default", connection=connection)
     jobs = [queue.enqueue(compat_jobs.pid) for _ in range(3)]
@@ -261,7 +259,7 @@ def test_each_job_gets_a_fresh_horse_and_a_spare_waits_while_idle(connection: Re
 
 
 def test_a_stop_command_leaves_the_in_process_worker_alive(connection: Redis, processes: Any) -> None:
-    worker = start_worker_process(processes, "config.fast_worker.InProcessWorker", "default")
+    worker = start_worker_process(processes, "workers.InProcessWorker", "default")
     wait_until(lambda: live_workers(connection), what="the worker registers")
     queue = Queue("default", connection=connection)
     job = queue.enqueue(compat_jobs.sleep, 1)
@@ -273,9 +271,7 @@ def test_a_stop_command_leaves_the_in_process_worker_alive(connection: Redis, pr
     wait_until(lambda: follow.get_status(refresh=True) == JobStatus.FINISHED, what="the worker goes on")
 
 
-@pytest.mark.parametrize(
-    "worker_class", ["config.fast_worker.ForkingWorker", "config.fast_worker.InProcessWorker"]
-)
+@pytest.mark.parametrize("worker_class", ["workers.ForkingWorker", "workers.InProcessWorker"])
 def test_an_idle_worker_keeps_beating(connection: Redis, processes: Any, worker_class: str) -> None:
     worker_process = start_worker_process(processes, worker_class, "--worker-ttl", "16", "default")
     worker = wait_until(lambda: live_workers(connection), what="the worker registers")[0]
@@ -313,9 +309,7 @@ def test_a_process_the_job_leaves_behind_does_not_hold_up_the_forking_worker(
     """Without `-c config.rq` (no parent-death signal for the horse's children), a process the job
     forked keeps the horse's pipe open: the worker must go by the horse's exit, not the pipe's end."""
     url = os.environ["REDIS_URL"]
-    worker = processes(
-        "-m", "rq.cli", "worker", "-u", url, "-w", "config.fast_worker.ForkingWorker", "default"
-    )
+    worker = processes("-m", "rq.cli", "worker", "-u", url, "-w", "workers.ForkingWorker", "default")
     wait_until(lambda: live_workers(connection), what="the worker registers")
     queue = Queue("default", connection=connection)
     job = queue.enqueue(compat_jobs.leave_a_child, 10)

@@ -16,7 +16,7 @@ from config import get_settings
 from jobs import enqueue, submit
 from jobs.errors import JobInputError
 from jobs.images import Places, ThumbnailSpec, make_thumbnails
-from jobs.monitoring import wait_for
+from ops.outcomes import wait_for
 from tests.conftest import Media
 from tests.pictures import INVERSE, oriented_jpeg, photo
 

@@ -15,9 +15,9 @@ from redis import Redis
 
 from config import get_settings, rq_classes
 from jobs import enqueue
-from jobs.monitoring import wait_for
 from launcher.dashboard import create_app
-from scheduler import periodic
+from ops.outcomes import wait_for
+from scheduler import sync as schedule_store
 from tests.support import python, run, run_json, wait_until
 
 STOCK_SCHEDULER_ARGS = ("--job-class", "config.rq_classes.Job", "--queue-class", "config.rq_classes.Queue")
@@ -76,7 +76,7 @@ def json_mode(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 def test_json_mode_end_to_end_writes_no_pickle(
     json_mode: dict[str, str], connection: Redis, processes: Any
 ) -> None:
-    periodic.sync()
+    schedule_store.sync()
     # The stock rqscheduler, as the README runs it by hand in JSON mode (`up` runs `python -m scheduler`).
     processes("-m", "rq_scheduler.scripts.rqscheduler", *STOCK_SCHEDULER_ARGS, "-i", "1")
     processes("-m", "rq.cli", "worker", "-c", "config.rq", "-S", "json", "--with-scheduler")
@@ -98,7 +98,7 @@ def test_json_mode_end_to_end_writes_no_pickle(
 
     for job_id in (tagged["id"], later["id"], slow.id):
         assert wait_for(rq_classes.Job.fetch(job_id, connection=connection), timeout=30).status == "finished"
-    wait_until(lambda: periodic.listing()[0]["last_outcome"] == "finished", what="a scheduled run")
+    wait_until(lambda: schedule_store.listing()[0]["last_outcome"] == "finished", what="a scheduled run")
 
     assert run_json("jobs", "show", tagged["id"])["result"] == {"slept": 0}
     assert [job["id"] for job in run_json("jobs", "list", "--tag", "batch:7")] == [tagged["id"]]

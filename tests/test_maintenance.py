@@ -31,7 +31,7 @@ from cli import cli
 from jobs import enqueue
 from jobs.errors import JobInputError
 from jobs.maintenance import expire_sessions, sweep_cache
-from jobs.monitoring import wait_for
+from ops.outcomes import wait_for
 
 
 def now() -> datetime:

@@ -10,7 +10,7 @@ from rq import Queue
 from rq.job import Job
 
 from jobs import enqueue
-from jobs.monitoring import wait_for
+from ops.outcomes import wait_for
 from tests.support import run, run_json, wait_until
 
 

@@ -10,7 +10,8 @@ from redis import Redis
 from rq import Queue
 
 from config import ToolkitError
-from launcher.redis_server import RedisServer, answers, embeddable_address, find_redis_server, free_port
+from config.connection import answers
+from launcher.redis_server import RedisServer, embeddable_address, find_redis_server, free_port
 
 
 def test_a_redis_server_binary_is_found() -> None:

@@ -13,8 +13,8 @@ from rq.job import JobStatus
 from config import RedisUnavailable
 from jobs import JOBS, enqueue, submit
 from jobs.errors import JobInputError, UnknownJobError
-from jobs.monitoring import exception_line, failure_reason, wait_for
 from launcher.redis_server import free_port
+from ops.outcomes import exception_line, failure_reason, wait_for
 
 NOBODY_HOME = f"redis://127.0.0.1:{free_port()}/0"
 
@@ -165,7 +165,7 @@ def test_exception_line_is_the_last_exception_without_its_module(text: str, line
 
 def test_every_job_runs_under_a_memory_cap_that_is_lifted_after(monkeypatch: pytest.MonkeyPatch) -> None:
     from jobs.errors import MemoryLimitError
-    from jobs.failure_policy import memory_cap
+    from jobs.runtime import memory_cap
 
     with pytest.raises(MemoryLimitError, match="memory limit: the job needed more than 10 MB"):
         with memory_cap(10):

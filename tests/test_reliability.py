@@ -17,13 +17,14 @@ import pytest
 from redis import Redis
 
 from config import RedisUnavailable, get_settings, rq_classes
-from jobs import enqueue, metrics, submit, submit_many
-from jobs.monitoring import wait_for
+from jobs import enqueue, submit, submit_many
 from jobs.registry import RERUN_IF_CUT_SHORT
+from jobs.runtime import RUNS
 from launcher.children import descendants
 from launcher.redis_server import RedisServer, free_port
 from launcher.stack import WORKER_ARGS
-from scheduler import periodic
+from ops.outcomes import wait_for
+from scheduler import sync as schedule_store
 from tests.pictures import photo
 from tests.support import blocked_clients, python, start_python, wait_until
 from tests.test_schedule import fired
@@ -124,7 +125,7 @@ def test_a_redis_restart_keeps_every_job_and_everything_reconnects(
     connection = Redis.from_url(own_redis.url)
     monkeypatch.setenv("RQKIT_SCHEDULE", json.dumps({"tick": {"job": "sleep", "args": [0], "every": 2}}))
     get_settings.cache_clear()
-    periodic.sync()
+    schedule_store.sync()
     for _ in range(2):
         processes("-m", "rq.cli", *WORKER_ARGS, "default")
     processes("-m", "scheduler", "-i", "1")
@@ -223,7 +224,7 @@ def test_100000_jobs_from_4_producers_run_exactly_once_on_2_workers(
     toolkit's in-process workers run them: every job finishes exactly once, and the workers' memory
     stays flat."""
     connection = Redis.from_url(own_redis.url)
-    worker_args = ("-m", "rq.cli", "worker", "-c", "config.rq", "-w", "config.fast_worker.InProcessWorker")
+    worker_args = ("-m", "rq.cli", "worker", "-c", "config.rq", "-w", "workers.InProcessWorker")
     workers = [processes(*worker_args, "--quiet", "default") for _ in range(2)]
     wait_until(lambda: len(blocked_clients(connection)) == 2, what="the workers")
     started = time.monotonic()
@@ -242,7 +243,7 @@ def test_100000_jobs_from_4_producers_run_exactly_once_on_2_workers(
     elapsed = time.monotonic() - started
     assert statuses(connection, ids) == {"finished": 100_000}
     assert result_counts(connection, ids) == {1: 100_000}  # one result each: none ran twice
-    assert int(connection.hget(metrics.RUNS, "sleep\tdefault\tsucceeded") or 0) == 100_000  # runs counted
+    assert int(connection.hget(RUNS, "sleep\tdefault\tsucceeded") or 0) == 100_000  # runs counted
     assert connection.llen("rq:queue:default") == 0 and not connection.zcard("rq:wip:default")
     assert all(worker.poll() is None for worker in workers)
     warm = next(rss for done, rss in samples if done >= 10_000)

@@ -16,6 +16,7 @@ from rq_scheduler import Scheduler
 
 from config import ConfigError, get_settings, load_settings
 from scheduler import periodic
+from scheduler import sync as schedule_store
 from scheduler.schedule import Entry, load_schedule
 from tests.support import wait_until
 
@@ -104,16 +105,16 @@ def test_sync_is_idempotent_updates_in_place_and_leaves_other_jobs_alone(
         a={"job": "sleep", "args": [0], "every": 3600},
         b={"job": "sleep", "args": [1], "cron": "0 4 * * *"},
     )
-    first = periodic.sync()
+    first = schedule_store.sync()
     assert (sorted(first.added), first.updated, first.removed) == (["a", "b"], [], [])
     ids = scheduled_ids(connection)
     assert len(ids) == 3 and foreign.id in ids
-    again = periodic.sync()
+    again = schedule_store.sync()
     assert (again.added, again.updated, again.removed, sorted(again.unchanged)) == ([], [], [], ["a", "b"])
     assert scheduled_ids(connection) == ids
 
     configure(monkeypatch, a={"job": "sleep", "args": [2], "every": 3600})
-    edited = periodic.sync()
+    edited = schedule_store.sync()
     assert (edited.updated, edited.removed) == (["a"], ["b"])
     after = scheduled_ids(connection)
     assert len(after) == 2 and foreign.id in after
@@ -121,17 +122,17 @@ def test_sync_is_idempotent_updates_in_place_and_leaves_other_jobs_alone(
     assert json.loads(connection.hget(periodic.ENTRIES, "a") or b"")["args"] == [2]
     assert Job.fetch(trigger, connection=connection).args[0] == "a"
 
-    assert periodic.clear() == ["a"]
+    assert schedule_store.clear() == ["a"]
     assert scheduled_ids(connection) == [foreign.id]
 
 
 def test_an_invalid_schedule_changes_nothing(monkeypatch: pytest.MonkeyPatch, connection: Redis) -> None:
     configure(monkeypatch, a={"job": "sleep", "args": [0], "every": 3600})
-    periodic.sync()
+    schedule_store.sync()
     before = scheduled_ids(connection)
     configure(monkeypatch, a={"job": "sleep", "args": [0], "every": 60}, b={"job": "sleep", "cron": "bad"})
     with pytest.raises(ConfigError, match="schedule entry 'b'"):
-        periodic.sync()
+        schedule_store.sync()
     assert scheduled_ids(connection) == before
 
 
@@ -157,7 +158,7 @@ def test_two_schedulers_enqueue_each_due_run_exactly_once(
     monkeypatch: pytest.MonkeyPatch, connection: Redis, processes: Any
 ) -> None:
     configure(monkeypatch, tick={"job": "sleep", "args": [0], "every": 2})
-    periodic.sync()
+    schedule_store.sync()
     processes(*RQSCHEDULER)
     processes(*RQSCHEDULER)
     processes(*WORKER)
@@ -173,7 +174,7 @@ def test_after_downtime_missed_runs_collapse_into_one(
     monkeypatch: pytest.MonkeyPatch, connection: Redis, processes: Any
 ) -> None:
     configure(monkeypatch, tick={"job": "sleep", "args": [0], "every": 2})
-    periodic.sync()
+    schedule_store.sync()
     time.sleep(7)  # no scheduler: three due times pass unserved
     restarted = time.time()
     processes(*RQSCHEDULER)
@@ -188,7 +189,7 @@ def test_a_slow_job_is_not_piled_on(
     monkeypatch: pytest.MonkeyPatch, connection: Redis, processes: Any
 ) -> None:
     configure(monkeypatch, slow={"job": "sleep", "args": [3], "every": 1})
-    periodic.sync()
+    schedule_store.sync()
     processes(*RQSCHEDULER)
     processes(*WORKER)
     processes(*WORKER)
@@ -228,7 +229,7 @@ def test_a_cron_entry_fires_on_time_whatever_the_hosts_zone(
             "RQKIT_SCHEDULE": json.dumps({"report": {"job": "sleep", "args": [0], "cron": cron}}),
         }
         settings = load_settings({**os.environ, **env})
-        periodic.sync(settings, client)
+        schedule_store.sync(settings, client)
         processes(*RQSCHEDULER, env=env)
         processes(*WORKER, env=env)
         results[zone] = client

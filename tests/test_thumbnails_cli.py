@@ -10,7 +10,7 @@ from redis import Redis
 from rq import Queue
 from rq.job import Job
 
-from jobs.monitoring import failure_reason
+from ops.outcomes import failure_reason
 from tests.conftest import Media
 from tests.pictures import photo
 from tests.support import run

@@ -20,8 +20,9 @@ from redis import Redis
 from rq.job import Job
 from rq_scheduler import Scheduler
 
+from config.connection import answers
 from launcher.children import descendants
-from launcher.redis_server import RedisServer, answers, free_port
+from launcher.redis_server import RedisServer, free_port
 from tests.pictures import photo
 from tests.support import python, start_python, wait_until
 

@@ -12,7 +12,7 @@ from rq.job import JobStatus
 from sqlalchemy import Engine, insert
 
 from jobs import content, enqueue, stats, submit
-from jobs.monitoring import wait_for
+from ops.outcomes import wait_for
 
 
 def add_comments(engine: Engine, bodies: list[str]) -> None:

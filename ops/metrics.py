@@ -6,41 +6,32 @@ the exporter reads those and the queues at each scrape.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from redis import Redis
-from rq import get_current_job
 from rq.utils import as_text
 
-from jobs.monitoring import name_of, overview
-
-logger = logging.getLogger(__name__)
-
-RUNS, SECONDS, BUCKETS = "rqkit:metrics:runs", "rqkit:metrics:seconds", "rqkit:metrics:buckets"
-LIMITS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+from config.rq_classes import STATES
+from jobs.runtime import BUCKETS, LIMITS, RUNS, SECONDS
+from ops.views import overview
 
 
-def record(succeeded: bool, seconds: float) -> None:
-    """Count one run of the current RQ job (outside RQ, nothing); never fails the job."""
-    job = get_current_job()
-    if job is None:
-        return
-    name = name_of(job)
-    try:
-        with job.connection.pipeline(transaction=False) as pipe:
-            pipe.hincrby(RUNS, f"{name}\t{job.origin}\t{'succeeded' if succeeded else 'failed'}", 1)
-            pipe.hincrbyfloat(SECONDS, f"{name}\tsum", seconds)
-            pipe.hincrby(SECONDS, f"{name}\tcount", 1)
-            for limit in LIMITS:
-                if seconds <= limit:
-                    pipe.hincrby(BUCKETS, f"{name}\t{limit}", 1)
-            pipe.execute()
-    except Exception:  # noqa: BLE001 - metrics are never worth a failed job
-        logger.warning("could not record metrics for %s", name, exc_info=True)
+def serve(
+    connection: Redis, host: str, port: int, until: threading.Event, announce: Callable[[str], None]
+) -> None:
+    """Serve the metrics at http://host:port/metrics until `until` is set."""
+    registry = CollectorRegistry()
+    registry.register(ToolkitCollector(connection))
+    server, thread = start_http_server(port, host, registry=registry)
+    announce(f"metrics on http://{host}:{port}/metrics (Ctrl-C stops)")
+    until.wait()
+    server.shutdown()
+    thread.join()
 
 
 def read(connection: Redis, key: str) -> dict[str, float]:
@@ -57,7 +48,7 @@ class ToolkitCollector(Collector):
         view = overview(self.connection)
         depth = GaugeMetricFamily("rqkit_queue_jobs", "Jobs per queue and state", labels=["queue", "state"])
         for queue in view["queues"]:
-            for state in ("queued", "started", "scheduled", "deferred", "failed", "finished"):
+            for state in STATES:
                 depth.add_metric([queue["name"], state], queue[state])
         yield depth
         workers = GaugeMetricFamily("rqkit_workers", "Registered workers per state", labels=["state"])

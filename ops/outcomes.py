@@ -1,4 +1,5 @@
-"""Read-only views: queue and worker counts for `info`, and a job's outcome for `enqueue --wait`."""
+"""How jobs end, for `enqueue --wait`, `thumbnails --wait` and the demo: waited for, with a one-line
+reason when they fail."""
 
 from __future__ import annotations
 
@@ -7,16 +8,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from redis import Redis
-from rq import Queue
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.utils import as_text
-from rq.worker import BaseWorker
 
-from config import get_settings, ping, redis_client, rq_classes
-
-TERMINAL = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+from config.rq_classes import ENDED
 
 
 @dataclass(frozen=True)
@@ -41,7 +37,7 @@ def wait_for(job: Job, poll: float = 0.1, timeout: float | None = None) -> Outco
             return Outcome("missing", reason=f"job {job.id} no longer exists (deleted or expired)")
         if status == JobStatus.FINISHED:
             return Outcome(status.value, result=job.return_value(refresh=True))
-        if status in TERMINAL:
+        if status in ENDED:
             return Outcome(status.value, reason=failure_reason(job))
         if deadline is not None and time.monotonic() > deadline:
             return Outcome(status.value, reason=f"still {status.value} after {timeout:g}s")
@@ -62,7 +58,7 @@ def wait_for_all(
         ended = [
             job
             for job, status in zip(waiting, statuses, strict=True)
-            if not status or as_text(status) in TERMINAL
+            if not status or as_text(status) in ENDED
         ]
         for job in ended:
             outcomes[job.id] = wait_for(job)
@@ -71,11 +67,6 @@ def wait_for_all(
         if len(outcomes) < len(jobs):
             time.sleep(poll)
     return [outcomes[job.id] for job in jobs]
-
-
-def name_of(job: Job) -> str:
-    """The registry name a job was enqueued under, else (enqueued without the toolkit) its function."""
-    return str(job.meta.get("rqkit_job") or job.func_name)
 
 
 def failure_reason(job: Job) -> str:
@@ -95,48 +86,3 @@ def exception_line(traceback_text: str) -> str:
     )
     kind, colon, message = line.partition(": ")
     return f"{kind.rpartition('.')[2]}{colon}{message}" if " " not in kind else line
-
-
-def queue_counts(queue: Queue) -> dict[str, Any]:
-    return {
-        "name": queue.name,
-        "queued": queue.count,
-        "started": queue.started_job_registry.count,
-        "scheduled": queue.scheduled_job_registry.count,
-        "deferred": queue.deferred_job_registry.count,
-        "failed": queue.failed_job_registry.count,
-        "finished": queue.finished_job_registry.count,
-    }
-
-
-def worker_view(worker: BaseWorker) -> dict[str, Any]:
-    return {
-        "name": worker.name,
-        "hostname": worker.hostname,
-        "pid": worker.pid,
-        "state": worker.get_state(),
-        "queues": worker.queue_names(),
-        "current_job": worker.get_current_job_id(),
-        "finished": worker.successful_job_count,
-        "failed": worker.failed_job_count,
-    }
-
-
-def listening_workers(queue_name: str, connection: Redis | None = None) -> list[str]:
-    """Names of the workers that listen on `queue_name`."""
-    queue = rq_classes.Queue(queue_name, connection=connection or redis_client())
-    return [worker.name for worker in rq_classes.Worker.all(queue=queue)]
-
-
-def overview(connection: Redis) -> dict[str, Any]:
-    """Counts for every configured or existing queue, every worker, and rq-scheduler's entries."""
-    ping(connection)
-    names = list(get_settings().queues)
-    names += sorted(q.name for q in rq_classes.Queue.all(connection=connection) if q.name not in names)
-    return {
-        "queues": [queue_counts(rq_classes.Queue(name, connection=connection)) for name in names],
-        "workers": [
-            worker_view(w) for w in sorted(rq_classes.Worker.all(connection=connection), key=lambda w: w.name)
-        ],
-        "rq_scheduler_jobs": connection.zcard(rq_classes.Scheduler.scheduled_jobs_key),
-    }

@@ -1,0 +1,345 @@
+"""The fast workers' engine: RQ's data model and semantics, in a fraction of RQ's round trips.
+
+A job's start is one Lua script (`claim.lua`: pop, execution record, started registry, job and worker
+state) and a plain success one more (result stream, finished registry, TTLs, cleanup): the keys and
+fields RQ's own worker writes, so `rq info`, rq-dashboard, `rq requeue` and a stock `rq worker` on the
+same queues all read them as RQ's. Everything else (failures, retries, `Retry` results, callbacks,
+webhooks, repeats, rate limits, dependents, result_ttl=0, time-outs, stop commands) goes through RQ's
+own code. `FastWorker` is what both fast workers share; `workers/forking.py` and
+`workers/in_process.py` say where the job runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from base64 import b64decode
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+from uuid import uuid4
+
+from redis.exceptions import RedisError
+from rq.defaults import DEFAULT_WORKER_TTL, RQ_KEY_PREFIX
+from rq.exceptions import DequeueTimeout
+from rq.executions import Execution
+from rq.job import Job, Retry
+from rq.queue import Queue
+from rq.results import Result
+from rq.timeouts import JobTimeoutException
+from rq.utils import get_version, now, utcformat
+from rq.worker import WorkerStatus
+
+from config import rq_classes
+from config.connection import separate_client
+from config.outage import REDIS_DOWN, OutageRetry
+
+SUSPENDED = "suspended"
+CLAIM_SCRIPT = (Path(__file__).parent / "claim.lua").read_text()
+
+
+class Success(NamedTuple):
+    """A plain success that the next script records: the job, its queue and execution, its result."""
+
+    job: Job
+    queue: Queue
+    execution: Execution
+    fields: list[Any]  # the result stream entry, as XADD's field-value list
+
+
+class Claimed(NamedTuple):
+    """A job as the claim script handed it over: enough to rebuild it in a work-horse."""
+
+    queue: str
+    job_id: str
+    fields: list[bytes]  # the job's hash, as HGETALL's field-value list
+    execution_id: str
+    started: datetime
+
+
+class FastWorker(rq_classes.Worker):
+    """What both fast workers share: one script per job, RQ's own code for everything else. A job's
+    heartbeat lasts the monitoring interval plus 15 s (RQ: plus 60 s), so that the job of a worker
+    killed mid-job is found abandoned that much sooner."""
+
+    in_process = False
+    job_log_level = logging.INFO  # of the one line per job, as it ends
+    heartbeat_grace = 15
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._step = self.connection.register_script(CLAIM_SCRIPT)
+        self._beaten = 0.0
+        self._unrecorded: Success | None = None
+        self._queues: dict[str, Queue] = {}  # by name, made once: RQ's constructors are not cheap
+        # The blocking wait for a job has a connection of its own, closed before each fork: if this
+        # process dies in that wait, no horse (or process a job left behind) holds the socket open,
+        # which would make Redis hand the next job to a reader that is gone.
+        self._waiting = separate_client(self.connection)
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return super().get_heartbeat_ttl(job, working_time) - 60 + self.heartbeat_grace
+
+    # The claim does the suspension check and the heartbeat that RQ's loop does around each job.
+    def check_for_suspension(self, burst: bool) -> None:
+        pass
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if timeout is None and pipeline is None and time.monotonic() - self._beaten < 1:
+            return
+        self._beaten = time.monotonic()
+        super().heartbeat(timeout, pipeline)
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        """Claim the first job of the queues, in the script that records the last one's success; else
+        wait for one as RQ does (BLMOVE into the queue's intermediate list for one queue, BLPOP for
+        several) and claim that."""
+        burst = timeout is None
+        idle_since = time.monotonic()
+        outage = OutageRetry(self.log, f"Worker {self.name}")
+        while True:
+            try:
+                claimed = self.claim()
+                if claimed == SUSPENDED:
+                    # RQ's check: it waits while suspended, or stops a burst (an outage in it: below)
+                    super().check_for_suspension(burst)
+                    continue
+                if claimed or burst or self._stop_requested:
+                    return claimed or None
+                self.go_idle()
+                assert timeout is not None
+                wait = timeout
+                if max_idle_time is not None:
+                    wait = max(1, min(wait, int(max_idle_time - (time.monotonic() - idle_since))))
+                popped = self.wait_for_job(wait)
+                if popped is None:
+                    if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                        return None
+                    continue
+                claimed = self.claim(*popped)
+                if claimed:
+                    return claimed
+            except REDIS_DOWN as exc:
+                self._state = WorkerStatus.IDLE  # nothing claimed: a SIGTERM from now on stops at once
+                if self._stop_requested:
+                    return None
+                outage.wait(exc)
+
+    def go_idle(self) -> None:
+        """What RQ's worker does before it waits for a job, and the next horse made ready."""
+        self.set_state(WorkerStatus.IDLE)
+        self.procline("Listening on " + ",".join(self.queue_names()))
+        self.heartbeat()
+        if self.should_run_maintenance_tasks:
+            self.run_maintenance_tasks()  # (it may fork a scheduler: before the spare's pipes exist)
+        self.get_ready()
+
+    def wait_for_job(self, timeout: int) -> tuple[str, str, bool] | None:
+        """Block until a job id arrives: (queue key, job id, whether it went to the intermediate list)."""
+        keys = [queue.key for queue in self._ordered_queues]
+        try:
+            if len(keys) == 1 and get_version(self.connection) >= (6, 2, 0):
+                got = Queue.lmove(self._waiting, keys[0], timeout)
+                return keys[0], got[1].decode(), True
+            key, job_id = Queue.lpop(keys, timeout, connection=self._waiting)
+            return key.decode(), job_id.decode(), False
+        except DequeueTimeout:
+            return None
+
+    def claim(self, queue_key: str = "", job_id: str = "", intermediate: bool = False) -> Any:
+        """Record the last success, and start the next job (or the one already popped): (job, queue),
+        SUSPENDED, or None."""
+        started = now()
+        execution_id = uuid4().hex
+        keys = [queue_key] if queue_key else [queue.key for queue in self._ordered_queues]
+        claim = [
+            RQ_KEY_PREFIX,
+            self.name,
+            started.timestamp(),
+            utcformat(started),
+            execution_id,
+            job_id,
+            int(intermediate),
+            self.job_monitoring_interval,
+            self.heartbeat_grace,
+            int(self.in_process),
+            DEFAULT_WORKER_TTL,
+        ]
+        self._state = WorkerStatus.BUSY  # a SIGTERM now asks for a stop after the job it may claim
+        reply = self.step(keys, claim)
+        if reply is None:
+            reply = self.step(keys, claim)
+        if not reply or reply[0] != b"job":
+            self._state = WorkerStatus.IDLE
+            return SUSPENDED if reply else None
+        claimed = Claimed(reply[1].decode(), reply[2].decode(), reply[3], execution_id, started)
+        self.hand_over(claimed)
+        job, queue = self.adopt(claimed)
+        self.reorder_queues(reference_queue=queue)
+        self.log.debug("Worker %s: %s: %s", self.name, claimed.queue, claimed.job_id)
+        return job, queue
+
+    def hand_over(self, claimed: Claimed) -> None:
+        """Start the job somewhere before this process reads it (the in-process worker doesn't)."""
+
+    def adopt(self, claimed: Claimed) -> tuple[Job, Queue]:
+        """The job and queue of a claim, with its execution as this worker's current one."""
+        job = self.job_class(claimed.job_id, connection=self.connection, serializer=self.serializer)
+        job.restore(as_mapping(claimed.fields))
+        queue = self._queues.get(claimed.queue)
+        if queue is None:
+            queue = self._queues[claimed.queue] = self.queue_class(
+                claimed.queue,
+                connection=self.connection,
+                job_class=self.job_class,
+                serializer=self.serializer,
+                death_penalty_class=self.death_penalty_class,
+            )
+        execution = Execution(claimed.execution_id, claimed.job_id, self.connection, self.name)
+        execution.created_at = execution.last_heartbeat = claimed.started
+        execution._job = job
+        self.executions[claimed.execution_id] = execution
+        return job, queue
+
+    def step(self, keys: list[str], claim: list[Any]) -> Any:
+        """Run the script: record the unrecorded success, and claim if `keys` name queues. None when
+        the success went to RQ's own handling instead (the job has dependents), with nothing claimed."""
+        success, self._unrecorded = self._unrecorded, None
+        record: list[Any] = []
+        if success:
+            job, queue, execution = success.job, success.queue, success.execution
+            assert job.started_at and job.ended_at
+            record = [
+                RQ_KEY_PREFIX,
+                self.name,
+                job.id,
+                execution.id,
+                queue.name,
+                utcformat(job.ended_at),
+                job.ended_at.timestamp(),
+                job.get_result_ttl(self.default_result_ttl),
+                (job.ended_at - job.started_at).total_seconds(),
+                self.worker_ttl + 60,
+                *success.fields,
+            ]
+        try:
+            reply = self._step(keys, [len(record), *record, *claim])
+        except BaseException:
+            self._unrecorded = success  # a connection error: record it with the next script
+            raise
+        if success or (reply and reply[0] == b"job"):
+            self._beaten = time.monotonic()  # the script wrote the worker's heartbeat
+        if success:
+            self.executions.pop(success.execution.id, None)
+            if reply and reply[0] == b"dependents":
+                self.hand_to_rq(success)
+                return None
+            self.log.log(
+                self.job_log_level,
+                "Worker %s: %s: Job OK (%s)",
+                self.name,
+                success.queue.name,
+                success.job.id,
+            )
+        return reply
+
+    def record(self) -> None:
+        """Record the unrecorded success now (the worker is about to do something else)."""
+        if self._unrecorded:
+            self.step([], [])
+
+    def hand_to_rq(self, success: Success) -> None:
+        """RQ's own success handling (the job has dependents), with the result the horse sent."""
+        entry = as_mapping(success.fields)
+        job = success.job
+        job._result = (
+            job.serializer.loads(b64decode(entry["return_value"])) if "return_value" in entry else None
+        )
+        self.executions[success.execution.id] = success.execution
+        self.handle_job_success(job, success.queue, success.queue.started_job_registry, success.execution)
+        self.set_state(WorkerStatus.IDLE)
+
+    def run_maintenance_tasks(self) -> None:
+        self.record()
+        super().run_maintenance_tasks()
+
+    def teardown(self) -> None:
+        try:
+            self.record()
+        except RedisError as exc:
+            assert self._unrecorded is not None
+            job_id = self._unrecorded.job.id
+            self.log.error(
+                "Worker %s: Redis error as it stops (%s): job %s finished unrecorded", self.name, exc, job_id
+            )
+        try:
+            super().teardown()
+        except RedisError as exc:
+            self.log.warning(
+                "Worker %s: Redis error as it stops (%s): its entry expires by itself", self.name, exc
+            )
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run the claimed job; a plain success is recorded by the next script, at the latest when
+        the worker is about to wait, sweep or stop."""
+        execution = next(iter(self.executions.values()))
+        self._unrecorded = self.perform(job, queue, execution)
+        if self._unrecorded is None:
+            self.executions.pop(execution.id, None)
+            self.set_state(WorkerStatus.IDLE)
+        self._state = WorkerStatus.IDLE  # in Redis too, once recorded
+
+    def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
+        raise NotImplementedError
+
+    def get_ready(self) -> None:
+        """Prepare, while idle, for the next job."""
+
+    def plain(self, job: Job, value: Any) -> bool:
+        """Whether the one-script success applies: nothing RQ's success handling would do beyond it
+        (a result kept for a while or for ever; RQ deletes the job for 0)."""
+        result_ttl = job.get_result_ttl(self.default_result_ttl)
+        return not (
+            isinstance(value, Retry)
+            or not (result_ttl == -1 or result_ttl > 0)
+            or job._success_callback_name
+            or job.webhooks
+            or job.repeats_left
+            or job.rate_limit_key
+        )
+
+    def run(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
+        """Perform the job under its time-out, as RQ's perform_job does; a plain success comes back to
+        be recorded, anything else goes through RQ's own handling here."""
+        try:
+            job.started_at = execution.created_at
+            timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=job.id):
+                value = job.perform()
+            job.ended_at = now()
+            if self.plain(job, value):
+                result = Result(
+                    job.id,
+                    Result.Type.SUCCESSFUL,
+                    self.connection,
+                    return_value=value,
+                    worker_name=self.name,
+                    serializer=job.serializer,
+                    execution_id=execution.id,
+                    execution_started_at=execution.created_at,
+                    execution_ended_at=job.ended_at,
+                )
+                fields = [item for pair in result.serialize().items() for item in pair]
+                return Success(job, queue, execution, fields)
+            self._finalize_success(job, queue, execution, value)
+        except:  # noqa: E722 (RQ's own catch-all: a BaseException from the job fails it too)
+            self._finalize_failure(job, queue, execution, sys.exc_info())
+        return None
+
+
+def as_mapping(flat: list[Any]) -> dict[Any, Any]:
+    """A field-value list (HGETALL's reply, XADD's arguments) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))

@@ -1,0 +1,121 @@
+-- The fast workers' one script per job: record the last job's plain success (if any), then claim the
+-- next job (if KEYS names queues). It writes exactly the keys and fields RQ's own worker writes.
+--
+-- KEYS: the queues' keys, in priority order (none: only record). With a job id already popped by a
+--       blocking wait, KEYS[1] is the queue it came from.
+--
+-- ARGV[1]: n, the number of success arguments that follow (0: nothing to record).
+-- ARGV[2 .. n+1], the success:
+--   1 RQ's key prefix ('rq')    2 worker name          3 job id               4 execution id
+--   5 queue name                6 ended (RQ's date format)                    7 ended (epoch seconds)
+--   8 result TTL (-1: for ever) 9 seconds worked       10 the worker's key TTL
+--   11.. the result stream entry, as XADD's field-value list
+-- ARGV[n+2 ..], the claim:
+--   1 RQ's key prefix           2 worker name          3 now (epoch seconds)  4 now (RQ's date format)
+--   5 execution id              6 the job id a blocking wait popped ('' to pop here)
+--   7 '1' if that id sits in KEYS[1]'s intermediate list (BLMOVE), else '0'
+--   then the heartbeat rule: 8 monitoring interval, 9 grace, 10 '1' for an in-process worker,
+--   11 RQ's default worker TTL
+--
+-- Replies: {} (no job), {'suspended'}, {'dependents'} (the success was not recorded: the job has
+-- dependents, which RQ's own success handling enqueues; nothing was claimed), or
+-- {'job', queue name, job id, the job's hash as HGETALL's field-value list}.
+-- A success recorded already (a reply lost on the way back) is not recorded twice.
+
+local function recorded(results, eid)
+  local last = redis.call('XREVRANGE', results, '+', '-', 'COUNT', 1)[1]
+  if not last then return false end
+  for i = 1, #last[2], 2 do
+    if last[2][i] == 'execution_id' then return last[2][i + 1] == eid end
+  end
+  return false
+end
+
+local function record(a)
+  local prefix, worker, id, eid, queue, stamp, ttl = a[1], a[2], a[3], a[4], a[5], a[6], tonumber(a[8])
+  local jobkey = prefix .. ':job:' .. id
+  if redis.call('EXISTS', jobkey .. ':dependents') == 1 then return false end
+  local results = prefix .. ':results:' .. id
+  if recorded(results, eid) then return true end
+  local wkey = prefix .. ':worker:' .. worker
+  redis.call('HINCRBY', wkey, 'successful_job_count', 1)
+  redis.call('HINCRBYFLOAT', wkey, 'total_working_time', a[9])
+  if redis.call('EXISTS', jobkey) == 1 then
+    redis.call('HSET', jobkey, 'status', 'finished', 'ended_at', stamp, 'last_heartbeat', stamp)
+    redis.call('XADD', results, 'MAXLEN', 10, '*', unpack(a, 11))
+    if ttl == -1 then
+      redis.call('PERSIST', results)
+      redis.call('ZADD', prefix .. ':finished:' .. queue, '+inf', id)
+    else
+      redis.call('EXPIRE', results, ttl)
+      redis.call('ZADD', prefix .. ':finished:' .. queue, math.floor(tonumber(a[7])) + ttl, id)
+      redis.call('EXPIRE', jobkey, ttl)
+      redis.call('EXPIRE', jobkey .. ':dependents', ttl)
+      redis.call('EXPIRE', prefix .. ':job::' .. id .. ':dependencies', ttl)  -- sic: RQ's key
+    end
+  end
+  local composite = id .. ':' .. eid
+  redis.call('DEL', prefix .. ':execution:' .. composite)
+  redis.call('ZREM', prefix .. ':wip:' .. queue, composite)
+  redis.call('ZREM', prefix .. ':executions:' .. id, eid)
+  redis.call('SREM', wkey .. ':executions', composite)
+  redis.call('HSET', wkey, 'state', 'idle', 'last_heartbeat', stamp)
+  redis.call('EXPIRE', wkey, a[10])
+  return true
+end
+
+local function claim(a)
+  local prefix, worker, now, stamp, eid, id = a[1], a[2], tonumber(a[3]), a[4], a[5], a[6]
+  local qkey
+  if id ~= '' then
+    qkey = KEYS[1]
+    if a[7] == '1' then redis.call('LREM', qkey .. ':intermediate', 1, id) end
+    if redis.call('EXISTS', prefix .. ':job:' .. id) == 0 then return {} end
+  else
+    if redis.call('EXISTS', prefix .. ':suspended') == 1 then return {'suspended'} end
+    for i = 1, #KEYS do
+      while true do
+        id = redis.call('LPOP', KEYS[i])
+        if not id then break end
+        if redis.call('EXISTS', prefix .. ':job:' .. id) == 1 then qkey = KEYS[i] break end
+      end
+      if qkey then break end
+    end
+    if not qkey then return {} end
+  end
+  local jobkey = prefix .. ':job:' .. id
+  local interval, grace, default_ttl = tonumber(a[8]), tonumber(a[9]), tonumber(a[11])
+  local timeout = tonumber(redis.call('HGET', jobkey, 'timeout'))
+  local ttl
+  if a[10] == '1' then
+    if timeout == -1 then ttl = default_ttl else ttl = (timeout or default_ttl) + grace end
+  elseif timeout and timeout > 0 then
+    ttl = math.floor(math.min(timeout, interval)) + grace
+  else
+    ttl = interval + grace
+  end
+  local second = math.floor(now)
+  local composite = id .. ':' .. eid
+  local execution = prefix .. ':execution:' .. composite
+  redis.call('HSET', execution, 'id', eid, 'job_id', id, 'created_at', a[3], 'last_heartbeat', a[3],
+    'worker_name', worker)
+  redis.call('EXPIRE', execution, ttl)
+  redis.call('ZADD', prefix .. ':executions:' .. id, second + ttl + 60, eid)
+  redis.call('EXPIRE', prefix .. ':executions:' .. id, ttl + 60)
+  local queue = string.sub(qkey, #prefix + 8)
+  redis.call('ZADD', prefix .. ':wip:' .. queue, second + ttl, composite)
+  local wkey = prefix .. ':worker:' .. worker
+  redis.call('SADD', wkey .. ':executions', composite)
+  redis.call('HSET', wkey, 'state', 'busy', 'last_heartbeat', stamp)
+  redis.call('EXPIRE', wkey, ttl)
+  redis.call('EXPIRE', wkey .. ':executions', ttl)
+  redis.call('HSET', jobkey, 'last_heartbeat', stamp, 'status', 'started', 'started_at', stamp,
+    'worker_name', worker)
+  redis.call('PERSIST', jobkey)
+  return {'job', queue, id, redis.call('HGETALL', jobkey)}
+end
+
+local n = tonumber(ARGV[1])
+if n > 0 and not record({unpack(ARGV, 2, n + 1)}) then return {'dependents'} end
+if #KEYS == 0 then return {} end
+return claim({unpack(ARGV, n + 2)})

@@ -1,0 +1,198 @@
+"""`ForkingWorker`: each job in a fresh work-horse, as RQ's Worker, with the next horse forked while idle."""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import pickle
+import select
+import signal
+import sys
+import time
+from contextlib import suppress
+from typing import Any, NamedTuple
+
+from rq.executions import Execution
+from rq.job import Job
+from rq.queue import Queue
+
+from workers.base import Claimed, FastWorker, Success
+
+STARTED = b"S"  # what a work-horse says as it starts its job, before it reports the outcome
+
+
+class Horse(NamedTuple):
+    """A forked work-horse waiting for its job: its pid, and the pipes to hand the job over and to
+    read the outcome back."""
+
+    pid: int
+    jobs: int
+    reports: int
+
+
+class ForkingWorker(FastWorker):
+    """Runs each job in a fresh work-horse forked for it (a crash, a leak or a memory cap stays in
+    there), monitored as RQ's Worker does: heartbeats, the kill after time-out + 60 s, stop commands.
+    While idle it keeps the next horse forked and waiting, so a job starts without waiting for a fork.
+    A horse sends a plain success back through a pipe, and the worker records it."""
+
+    _spare: Horse | None = None
+    _rehearsal: Claimed | None = None
+    _horse: Horse
+    _horse_exit: int | None = None  # a pidfd: readable once the horse has exited
+    _report: bytearray | None = None
+    _horse_status: int | None = None
+
+    def get_ready(self) -> None:
+        if self._spare is None:
+            self._spare = self.fork_horse(spare=True)
+            self.rehearse()
+
+    def rehearse(self) -> None:
+        """Go through the start of a job (the last one) without running it. After a fork, the first
+        write to each page the two processes share makes a copy of it: done while idle, those copies
+        are not made on the next job's way in (a millisecond or so here, in each process)."""
+        if self._rehearsal is None:
+            return
+        self._step([], [0])  # a round trip that writes nothing
+        self.adopt(self._rehearsal)
+        self.executions.clear()
+
+    def hand_over(self, claimed: Claimed) -> None:
+        """Send the job to the waiting horse at once (or to one forked now)."""
+        self._rehearsal = claimed
+        spare, self._spare = self._spare, None
+        horse = spare or self.fork_horse(spare=False)
+        message = pickle.dumps(claimed)
+        message = len(message).to_bytes(8, "big") + message
+        try:
+            write_all(horse.jobs, message)
+        except BrokenPipeError:  # the waiting horse died (killed by hand?): fork one for this job
+            self.discard(horse)
+            horse = self.fork_horse(spare=False)
+            write_all(horse.jobs, message)
+        os.close(horse.jobs)
+        self._horse, self._horse_pid = horse, horse.pid
+        if horse is spare:
+            # Let it start the job before this process goes on with its side: on a busy CPU that is
+            # a millisecond or two sooner. (A horse that dies first gives an empty read.)
+            os.read(horse.reports, len(STARTED))
+
+    def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
+        horse, self._report = self._horse, bytearray()
+        self.procline(f"Horse {horse.pid} running {job.id} since {time.time()}")
+        self._horse_exit = os.pidfd_open(horse.pid)
+        try:
+            self.monitor_work_horse(job, queue, execution)
+        finally:
+            os.close(self._horse_exit)
+            os.close(horse.reports)
+        report, self._report = self._report, None
+        if not report or self._horse_status != os.EX_OK:
+            return None
+        job.ended_at, fields, func_name = pickle.loads(report)
+        module = func_name.rpartition(".")[0]
+        if module not in sys.modules:
+            with suppress(Exception):  # import it here, once, for every later horse
+                importlib.import_module(module)
+        return Success(job, queue, execution, fields)
+
+    def fork_horse(self, spare: bool) -> Horse:
+        """A horse waiting for its job; a spare one (forked while idle) rehearses, and says when it
+        starts the job."""
+        self._waiting.connection_pool.disconnect()
+        jobs_read, jobs_write = os.pipe()
+        reports_read, reports_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.setpgrp()
+            os.close(jobs_write)
+            os.close(reports_read)
+            self.main_work_horse_on(jobs_read, reports_write, spare)
+        os.close(jobs_read)
+        os.close(reports_write)
+        return Horse(pid, jobs_write, reports_read)
+
+    def main_work_horse_on(self, jobs: int, reports: int, spare: bool) -> None:
+        """The horse: wait for its job, run it; send a plain success to the worker, handle anything
+        else as RQ. No job (the worker stopped, or died) and it just exits."""
+        gc.freeze()  # a collection now leaves the pages shared with the worker alone
+        self.setup_work_horse_signals()
+        self._is_horse = True
+        try:
+            if spare:
+                self.rehearse()
+            size = read_exactly(jobs, 8)
+            if len(size) < 8:
+                os._exit(0)
+            self.executions.clear()
+            job, queue = self.adopt(pickle.loads(read_exactly(jobs, int.from_bytes(size, "big"))))
+            os.environ["RQ_WORKER_ID"], os.environ["RQ_JOB_ID"] = self.name, job.id
+            if spare:
+                os.write(reports, STARTED)
+            success = self.run(job, queue, next(iter(self.executions.values())))
+            if success:
+                try:
+                    write_all(reports, pickle.dumps((job.ended_at, success.fields, job.func_name)))
+                except BrokenPipeError:  # the worker died: record the success from here, as RQ's horse
+                    self._unrecorded = success
+                    self.record()
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+
+    def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
+        """Read the horse's report until it ends or the horse exits (a process the job started may
+        hold the pipe open), under RQ's monitoring alarm; then reap the horse."""
+        assert self._report is not None and self._horse_exit is not None
+        reports = self._horse.reports
+        poller = select.poll()
+        poller.register(reports, select.POLLIN)
+        poller.register(self._horse_exit, select.POLLIN)
+        while True:
+            if reports in {fd for fd, _ in poller.poll()}:
+                if chunk := os.read(reports, 65536):
+                    self._report += chunk
+                    continue
+                break
+            os.set_blocking(reports, False)  # the horse exited: take what it wrote, and no more
+            with suppress(BlockingIOError):
+                while chunk := os.read(reports, 65536):
+                    self._report += chunk
+            break
+        pid, status, rusage = super().wait_for_horse()
+        self._horse_status = status
+        return pid, status, rusage
+
+    def kill_horse(self, sig: Any = signal.SIGKILL) -> None:
+        if self.horse_pid:  # no horse: a stop command must not kill this process group
+            super().kill_horse(sig)
+
+    def discard(self, horse: Horse) -> None:
+        """Kill a horse that has no job (it has nothing to lose), and close its pipes."""
+        with suppress(ProcessLookupError):
+            os.kill(horse.pid, signal.SIGKILL)
+        os.waitpid(horse.pid, 0)
+        os.close(horse.jobs)
+        os.close(horse.reports)
+
+    def teardown(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare:
+            self.discard(spare)
+        super().teardown()
+
+
+def write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def read_exactly(fd: int, size: int) -> bytes:
+    """`size` bytes from a pipe, or fewer if it ends first."""
+    chunks, left = [], size
+    while left and (chunk := os.read(fd, min(left, 65536))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,24 @@
+"""Processes that die with their parent: a worker's forks, and every process the launcher starts."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a child: get `sig` when the parent dies, even by kill -9 (Linux only)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if hasattr(libc, "prctl"):
+        libc.prctl(PR_SET_PDEATHSIG, sig)
+
+
+def forks_die_with_this_process() -> None:
+    """Every process forked from now on (a worker's scheduler, its work-horses) is killed when this one
+    dies. Without it, kill -9 of a worker leaves its scheduler running with the worker's blocked BLPOP
+    connection still open: Redis hands the next job of those queues to that socket, which nobody reads,
+    and the job is lost."""
+    os.register_at_fork(after_in_child=lambda: die_with_parent(signal.SIGKILL))
