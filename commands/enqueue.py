@@ -46,7 +46,7 @@ def enqueue_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--tag", "tags", multiple=True, help="Tag the job, e.g. customer:42; repeat for several."
         ),
-        click.option("--json", "as_json", is_flag=True, help="Print one JSON document."),
+        json_output,
     ]
     for option in reversed(options):
         func = option(func)

@@ -26,9 +26,8 @@ def info(as_json: bool) -> None:
 
 
 def render_overview(view: dict[str, Any]) -> str:
-    columns = ["queued", "started", "scheduled", "deferred", "failed", "finished"]
-    lines = [f"{'queue':<14}" + "".join(f"{c:>10}" for c in columns)]
-    lines += [f"{q['name']:<14}" + "".join(f"{q[c]:>10}" for c in columns) for q in view["queues"]]
+    lines = [f"{'queue':<14}" + "".join(f"{c:>10}" for c in STATES)]
+    lines += [f"{q['name']:<14}" + "".join(f"{q[c]:>10}" for c in STATES) for q in view["queues"]]
     lines.append(f"rq-scheduler entries: {view['rq_scheduler_jobs']}")
     lines.append(f"\n{len(view['workers'])} worker(s)")
     for w in view["workers"]:
@@ -196,7 +195,7 @@ def failed_selection(func: Callable[..., Any]) -> Callable[..., Any]:
             click.argument("ids", nargs=-1),
             click.option("--all", "every", is_flag=True, help="Every failed job (of --job NAME, if given)."),
             click.option("--job", "job_name", help="Only failed jobs of this job type (with --all)."),
-            click.option("--json", "as_json", is_flag=True, help="Print one JSON document."),
+            json_output,
         ]
     ):
         func = option(func)

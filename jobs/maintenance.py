@@ -116,8 +116,7 @@ def entry(kind: str, name: object, table: dict[str, dict[str, Any]]) -> dict[str
 
 def check_expire(store: object = "default", dry_run: object = False) -> None:
     entry("session store", store, get_settings().session_stores)
-    if not isinstance(dry_run, bool):
-        raise JobInputError(f"dry_run must be true or false, got {dry_run!r}")
+    check_sweep(None, dry_run)  # the same dry_run check, without a cache target
 
 
 def check_sweep(target: object = None, dry_run: object = False) -> None:

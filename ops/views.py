@@ -46,14 +46,9 @@ def queue_names(connection: Redis) -> list[str]:
 
 
 def queue_counts(queue: Queue) -> dict[str, Any]:
-    return {
-        "name": queue.name,
-        "queued": queue.count,
-        "started": queue.started_job_registry.count,
-        "scheduled": queue.scheduled_job_registry.count,
-        "deferred": queue.deferred_job_registry.count,
-        "failed": queue.failed_job_registry.count,
-        "finished": queue.finished_job_registry.count,
+    """How many jobs the queue holds in each state (its list, then one registry per state)."""
+    return {"name": queue.name, "queued": queue.count} | {
+        state: getattr(queue, f"{state}_job_registry").count for state in STATES[1:]
     }
 
 
@@ -188,7 +183,7 @@ def job_ids(connection: Redis, queue: str, status: str, count: int) -> list[str]
         ours = rq_queue.scheduled_job_registry.get_job_ids(0, count - 1, desc=True)
         theirs = texts(connection.zrevrange(Scheduler.scheduled_jobs_key, 0, count - 1))
         return ours + theirs  # rq-scheduler's, which rq-dashboard does not show; filtered by queue below
-    registry = getattr(rq_queue, f"{status}_job_registry" if status != "started" else "started_job_registry")
+    registry = getattr(rq_queue, f"{status}_job_registry")
     return registry.get_job_ids(0, count - 1, desc=True, cleanup=False)
 
 
