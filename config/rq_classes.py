@@ -22,7 +22,8 @@ from config.settings import get_settings
 # metrics show them; and the groups the toolkit decides by.
 STATES = ("queued", "started", "scheduled", "deferred", "failed", "finished")
 WAITING = (JobStatus.QUEUED, JobStatus.DEFERRED)
-UNFINISHED = (*WAITING, JobStatus.SCHEDULED, JobStatus.STARTED)
+NOT_STARTED = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+UNFINISHED = (*NOT_STARTED, JobStatus.STARTED)
 ENDED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 
 

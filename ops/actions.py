@@ -7,10 +7,11 @@ from typing import Any
 
 from redis import Redis
 from rq.command import send_kill_horse_command, send_shutdown_command
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.worker import BaseWorker
 
 from config import rq_classes
+from config.rq_classes import NOT_STARTED
 from jobs.errors import JobInputError
 from jobs.registry import check_queue, get_spec
 from jobs.tags import forget
@@ -85,7 +86,7 @@ def pending(connection: Redis, job_id: str, allowed: tuple[str, ...]) -> Job:
 
 def cancel(connection: Redis, job_id: str) -> None:
     """Take a queued or scheduled job off its queue or schedule; it stays visible as canceled."""
-    job = pending(connection, job_id, ("queued", "scheduled", "deferred"))
+    job = pending(connection, job_id, NOT_STARTED)
     Scheduler(connection=connection).cancel(job.id)
     job.cancel()
 
@@ -93,14 +94,14 @@ def cancel(connection: Redis, job_id: str) -> None:
 def move(connection: Redis, job_id: str, queue: str) -> None:
     """Move a queued job to another configured queue, at its end."""
     check_queue(queue)
-    job = pending(connection, job_id, ("queued",))
+    job = pending(connection, job_id, (JobStatus.QUEUED,))
     rq_classes.Queue(job.origin, connection=connection).remove(job.id)
     rq_classes.Queue(queue, connection=connection).enqueue_job(job)
 
 
 def to_front(connection: Redis, job_id: str) -> None:
     """Move a queued job to the front of its queue."""
-    job = pending(connection, job_id, ("queued",))
+    job = pending(connection, job_id, (JobStatus.QUEUED,))
     rq_queue = rq_classes.Queue(job.origin, connection=connection)
     with connection.pipeline() as pipe:
         pipe.lrem(rq_queue.key, 0, job.id)
@@ -116,7 +117,7 @@ def edit(
     timeout: int | None = None,
 ) -> Job:
     """Change a queued or scheduled job's arguments or time-out, checked as at enqueue time."""
-    job = pending(connection, job_id, ("queued", "scheduled", "deferred"))
+    job = pending(connection, job_id, NOT_STARTED)
     new_args = tuple(args) if args is not None else tuple(job.args)
     new_kwargs = {**job.kwargs, **(kwargs or {})}
     name = job.meta.get("rqkit_job")
