@@ -241,12 +241,13 @@ def render_workers(views: list[dict[str, Any]]) -> str:
         f"{'name':<34}{'host':<12}{'pid':>8}  {'state':<9}{'done':>6}{'failed':>7}{'RSS MB':>8}"
         f"{'heartbeat':>11}  current job"
     ]
-    for w in views:
-        job = f"{w['current_job']} for {age(w['job_started_at'])}" if w["current_job"] else "-"
-        rss = "-" if w["rss_mb"] is None else f"{w['rss_mb']:.0f}"
+    for view in views:
+        w = {key: "-" if value is None else value for key, value in view.items()}  # a half-written entry
+        job = f"{w['current_job']} for {age(view['job_started_at'])}" if view["current_job"] else "-"
+        rss = "-" if view["rss_mb"] is None else f"{view['rss_mb']:.0f}"
         lines.append(
             f"{w['name']:<34}{w['hostname']:<12}{w['pid']:>8}  {w['state']:<9}{w['finished']:>6}"
-            f"{w['failed']:>7}{rss:>8}{age(w['last_heartbeat']) + ' ago':>11}  {job}"
+            f"{w['failed']:>7}{rss:>8}{age(view['last_heartbeat']) + ' ago':>11}  {job}"
         )
     return "\n".join(lines) if views else "no workers"
 

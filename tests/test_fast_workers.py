@@ -325,3 +325,19 @@ def test_a_process_the_job_leaves_behind_does_not_hold_up_the_forking_worker(
     later = queue.enqueue(compat_jobs.add, 1, 1)
     SimpleWorker(["default"], connection=connection).work(burst=True)
     assert later.get_status(refresh=True) == JobStatus.FINISHED
+
+
+@pytest.mark.parametrize("worker_class", ["workers.ForkingWorker", "workers.InProcessWorker"])
+def test_a_worker_stays_registered_after_a_job_that_fails(
+    connection: Redis, processes: Any, worker_class: str
+) -> None:
+    """A failure goes through RQ's own code: the worker's key must get its idle TTL back then too, or it
+    expires while the worker waits for the next job (as `up` runs them: the key lives 5 + 15 s after a
+    claim, and the worker waits up to 25 s)."""
+    options = ("--worker-ttl", "40", "--job-monitoring-interval", "5")
+    start_worker_process(processes, worker_class, *options, "default")
+    worker = wait_until(lambda: live_workers(connection), what="the worker registers")[0]
+    failed = Queue("default", connection=connection).enqueue(compat_jobs.fail, "no")
+    wait_until(lambda: failed.get_status(refresh=True) == JobStatus.FAILED, what="the failure")
+    wait_until(lambda: blocked_clients(connection), what="the worker waits for a job")
+    assert connection.ttl(worker.key) > 40

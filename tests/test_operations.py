@@ -8,6 +8,7 @@ from typing import Any
 from redis import Redis
 from rq import Queue
 from rq.job import Job
+from rq.utils import now, utcformat
 
 from jobs import enqueue
 from ops.outcomes import wait_for
@@ -86,6 +87,16 @@ def test_workers_are_listed_killed_and_stopped(connection: Redis, start_worker: 
     assert run("workers", "stop", "nobody").exit_code == 2
     assert run("workers", "stop", worker["name"]).exit_code == 0
     assert process.wait(20) == 0
+
+
+def test_a_half_written_worker_entry_is_listed(connection: Redis) -> None:
+    """A worker's key that expired and came back with a late heartbeat holds no host, pid or queues."""
+    connection.sadd("rq:workers", "rq:worker:gone")
+    connection.hset("rq:worker:gone", mapping={"state": "idle", "last_heartbeat": utcformat(now())})
+    listed = run("workers")
+    assert listed.exit_code == 0, listed.output
+    assert re.search(r"^gone +- +- +idle", listed.output.splitlines()[1])
+    assert run("info").exit_code == 0
 
 
 def test_tags_and_jobs_list(connection: Redis, run_jobs: Any) -> None:

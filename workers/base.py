@@ -70,7 +70,7 @@ class FastWorker(rq_classes.Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._step = self.connection.register_script(CLAIM_SCRIPT)
-        self._beaten = 0.0
+        self._idle_ttl_at: float | None = None  # when the worker's key last got its idle TTL
         self._unrecorded: Success | None = None
         self._queues: dict[str, Queue] = {}  # by name, made once: RQ's constructors are not cheap
         # The blocking wait for a job has a connection of its own, closed before each fork: if this
@@ -86,10 +86,16 @@ class FastWorker(rq_classes.Worker):
         pass
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        if timeout is None and pipeline is None and time.monotonic() - self._beaten < 1:
-            return
-        self._beaten = time.monotonic()
+        """RQ's heartbeat, skipped where it adds nothing: a success waits to be recorded (that script
+        writes the worker's idle TTL), or the idle TTL was written less than a second ago. A claim, or
+        a heartbeat during a job, writes a shorter TTL: after those it goes through, or the worker's
+        key could expire while it waits for the next job."""
+        if timeout is None and pipeline is None:
+            fresh = self._idle_ttl_at is not None and time.monotonic() - self._idle_ttl_at < 1
+            if fresh or self._unrecorded is not None:
+                return
         super().heartbeat(timeout, pipeline)
+        self._idle_ttl_at = time.monotonic() if timeout is None else None
 
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
@@ -230,13 +236,16 @@ class FastWorker(rq_classes.Worker):
         except BaseException:
             self._unrecorded = success  # a connection error: record it with the next script
             raise
-        if success or (reply and reply[0] == b"job"):
-            self._beaten = time.monotonic()  # the script wrote the worker's heartbeat
+        claimed = bool(reply) and reply[0] == b"job"
+        if claimed:
+            self._idle_ttl_at = None  # the claim gave the worker's key the job's heartbeat TTL
         if success:
             self.executions.pop(success.execution.id, None)
             if reply and reply[0] == b"dependents":
                 self.hand_to_rq(success)
                 return None
+            if not claimed:
+                self._idle_ttl_at = time.monotonic()  # the record wrote the idle TTL, and nothing after it
             self.log.log(
                 self.job_log_level,
                 "Worker %s: %s: Job OK (%s)",
