@@ -57,3 +57,10 @@ class Worker(rq.Worker):
     def __init__(self, queues: Any, name: str | None = None, **kwargs: Any) -> None:
         kwargs["serializer"] = kwargs.get("serializer") or configured_serializer()
         super().__init__(queues, name, **kwargs)
+
+    def validate_queues(self) -> None:
+        """Any RQ queue will do, as most code that starts a worker makes plain `rq.Queue` objects (RQ's own
+        check wants instances of the worker's queue class); names become that class."""
+        for queue in self.queues:
+            if not isinstance(queue, rq.Queue):
+                raise TypeError(f"{queue} is not an RQ queue or a queue name")

@@ -341,3 +341,89 @@ def test_a_worker_stays_registered_after_a_job_that_fails(
     wait_until(lambda: failed.get_status(refresh=True) == JobStatus.FAILED, what="the failure")
     wait_until(lambda: blocked_clients(connection), what="the worker waits for a job")
     assert connection.ttl(worker.key) > 40
+
+
+class PrefixedJob(Job):
+    """A job class that keeps its hashes under a key prefix of its own."""
+
+    redis_job_namespace_prefix = "custom:job:"
+
+
+class RecordingWorker(ForkingWorker):
+    """A subclass that does its own thing around each job, as users' subclasses do."""
+
+    def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
+        job.meta["performed_by_subclass"] = True
+        job.save_meta()
+        return super().perform_job(job, queue, execution)
+
+
+@pytest.mark.parametrize("worker_class", [ForkingWorker, InProcessWorker])
+def test_plain_rq_queues_are_taken_as_they_are(connection: Redis, worker_class: type[Any]) -> None:
+    """Most code that starts a worker makes plain rq.Queue objects: the toolkit's workers take them."""
+    queue = rq.Queue("default", connection=connection)
+    job = queue.enqueue(compat_jobs.add, 1, 2)
+    worker = worker_class([queue], connection=connection)
+    assert worker.work(burst=True) and not worker.rq_path_reason
+    assert job.get_status(refresh=True) == JobStatus.FINISHED and job.return_value() == 3
+
+
+@pytest.mark.parametrize("worker_class", [ForkingWorker, InProcessWorker])
+def test_a_job_class_with_its_own_key_prefix_takes_rqs_path(
+    connection: Redis, worker_class: type[Any]
+) -> None:
+    """The claim script writes RQ's own keys: a job kept elsewhere goes through RQ's code, not lost."""
+    queue = rq.Queue("default", connection=connection, job_class=PrefixedJob)
+    job = queue.enqueue(compat_jobs.add, 2, 2)
+    assert connection.exists("custom:job:" + job.id)
+    worker = worker_class([queue], connection=connection, job_class=PrefixedJob)
+    assert worker.rq_path_reason == "job keys under 'custom:job:'"
+    worker.work(burst=True)
+    assert PrefixedJob.fetch(job.id, connection=connection).return_value() == 4
+
+
+def test_a_subclass_that_overrides_perform_job_gets_it_called(connection: Redis) -> None:
+    job = Queue("default", connection=connection).enqueue(compat_jobs.add, 3, 3)
+    worker = RecordingWorker(["default"], connection=connection)
+    assert worker.rq_path_reason == "RecordingWorker.perform_job is replaced"
+    worker.work(burst=True)
+    job.refresh()
+    assert job.return_value() == 6 and job.meta["performed_by_subclass"] is True
+
+
+@pytest.mark.parametrize("log_description", [True, False])
+def test_the_worker_names_each_job_as_it_takes_it(
+    connection: Redis, caplog: pytest.LogCaptureFixture, log_description: bool
+) -> None:
+    """RQ's INFO line as a job is taken, with its description unless log_job_description is off."""
+    job = Queue("default", connection=connection).enqueue(compat_jobs.add, 4, 4)
+    worker = ForkingWorker(["default"], connection=connection, log_job_description=log_description)
+    with caplog.at_level("INFO", logger="rq.worker"):
+        worker.work(burst=True)
+    taken = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().endswith(f"default: {job.description} ({job.id})")
+    ]
+    assert len(taken) == int(log_description)
+    assert any(r.getMessage().endswith(f"default: {job.id}") for r in caplog.records) != log_description
+
+
+def test_the_heartbeat_grace_is_15_seconds_past_the_monitoring_interval(connection: Redis) -> None:
+    """Deliberate, against RQ's 60 s: a worker killed mid-job has its job found abandoned sooner."""
+    job = Queue("default", connection=connection).enqueue(compat_jobs.add, 1, 1, job_timeout=300)
+    assert rq.Worker(["default"], connection=connection).get_heartbeat_ttl(job) == 30 + 60
+    assert ForkingWorker(["default"], connection=connection).get_heartbeat_ttl(job) == 30 + 15
+    assert InProcessWorker(["default"], connection=connection).get_heartbeat_ttl(job) == 300 + 15
+    claimed = InProcessWorker(["default"], connection=connection, job_monitoring_interval=5).claim()
+    assert claimed and claimed != "suspended"
+    executions = connection.keys("rq:execution:*")
+    assert [connection.ttl(key) for key in executions] == [300 + 15]  # in-process: the job's time-out
+
+
+def test_the_toolkits_workers_default_to_the_toolkits_job_and_queue_classes() -> None:
+    """Deliberate, against RQ's rq.Job and rq.Queue: they read and write with the configured serializer."""
+    from config import rq_classes
+
+    assert (ForkingWorker.job_class, ForkingWorker.queue_class) == (rq_classes.Job, rq_classes.Queue)
+    assert (InProcessWorker.job_class, InProcessWorker.queue_class) == (rq_classes.Job, rq_classes.Queue)

@@ -34,6 +34,7 @@ from rq.worker import WorkerStatus
 from config import rq_classes
 from config.connection import separate_client
 from config.outage import REDIS_DOWN, OutageRetry
+from workers.paths import rq_path_reason
 
 SUSPENDED = "suspended"
 CLAIM_SCRIPT = (Path(__file__).parent / "claim.lua").read_text()
@@ -72,25 +73,36 @@ class FastWorker(rq_classes.Worker):
         self._step = self.connection.register_script(CLAIM_SCRIPT)
         self._idle_ttl_at: float | None = None  # when the worker's key last got its idle TTL
         self._unrecorded: Success | None = None
-        self._queues: dict[str, Queue] = {}  # by name, made once: RQ's constructors are not cheap
+        self._queues = {
+            queue.name: queue for queue in self.queues
+        }  # by name: RQ's constructors are not cheap
         # The blocking wait for a job has a connection of its own, closed before each fork: if this
         # process dies in that wait, no horse (or process a job left behind) holds the socket open,
         # which would make Redis hand the next job to a reader that is gone.
         self._waiting = separate_client(self.connection)
+        self.rq_path_reason = rq_path_reason(self, FastWorker)
+        if self.rq_path_reason:
+            self.log.info("Worker %s: RQ's own path for every job: %s", self.name, self.rq_path_reason)
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        """RQ's work loop; a method replaced since the worker was made (a patch, a mock) counts too."""
+        self.rq_path_reason = self.rq_path_reason or rq_path_reason(self, FastWorker)
+        return super().work(*args, **kwargs)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return super().get_heartbeat_ttl(job, working_time) - 60 + self.heartbeat_grace
 
-    # The claim does the suspension check and the heartbeat that RQ's loop does around each job.
     def check_for_suspension(self, burst: bool) -> None:
-        pass
+        """The claim does the suspension check that RQ's loop does before each job."""
+        if self.rq_path_reason:
+            super().check_for_suspension(burst)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """RQ's heartbeat, skipped where it adds nothing: a success waits to be recorded (that script
         writes the worker's idle TTL), or the idle TTL was written less than a second ago. A claim, or
         a heartbeat during a job, writes a shorter TTL: after those it goes through, or the worker's
         key could expire while it waits for the next job."""
-        if timeout is None and pipeline is None:
+        if timeout is None and pipeline is None and not self.rq_path_reason:
             fresh = self._idle_ttl_at is not None and time.monotonic() - self._idle_ttl_at < 1
             if fresh or self._unrecorded is not None:
                 return
@@ -100,6 +112,11 @@ class FastWorker(rq_classes.Worker):
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
+        if self.rq_path_reason:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        return self.claim_or_wait(timeout, max_idle_time)
+
+    def claim_or_wait(self, timeout: int | None, max_idle_time: int | None) -> tuple[Job, Queue] | None:
         """Claim the first job of the queues, in the script that records the last one's success; else
         wait for one as RQ does (BLMOVE into the queue's intermediate list for one queue, BLPOP for
         several) and claim that."""
@@ -185,8 +202,15 @@ class FastWorker(rq_classes.Worker):
         self.hand_over(claimed)
         job, queue = self.adopt(claimed)
         self.reorder_queues(reference_queue=queue)
-        self.log.debug("Worker %s: %s: %s", self.name, claimed.queue, claimed.job_id)
+        if self.log_job_description:  # RQ's line, as it takes a job
+            self.job_line("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
+        else:
+            self.job_line("Worker %s: %s: %s", self.name, queue.name, job.id)
         return job, queue
+
+    def job_line(self, message: str, *args: Any) -> None:
+        """A line per job as it starts and ends, at job_log_level (RQ logs both with log.info)."""
+        (self.log.info if self.job_log_level >= logging.INFO else self.log.debug)(message, *args)
 
     def hand_over(self, claimed: Claimed) -> None:
         """Start the job somewhere before this process reads it (the in-process worker doesn't)."""
@@ -246,8 +270,7 @@ class FastWorker(rq_classes.Worker):
                 return None
             if not claimed:
                 self._idle_ttl_at = time.monotonic()  # the record wrote the idle TTL, and nothing after it
-            self.log.log(
-                self.job_log_level,
+            self.job_line(
                 "Worker %s: %s: Job OK (%s)",
                 self.name,
                 success.queue.name,
@@ -294,6 +317,8 @@ class FastWorker(rq_classes.Worker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run the claimed job; a plain success is recorded by the next script, at the latest when
         the worker is about to wait, sweep or stop."""
+        if self.rq_path_reason:
+            return self.execute_as_rq(job, queue)
         execution = next(iter(self.executions.values()))
         self._unrecorded = self.perform(job, queue, execution)
         if self._unrecorded is None:
@@ -302,6 +327,10 @@ class FastWorker(rq_classes.Worker):
         self._state = WorkerStatus.IDLE  # in Redis too, once recorded
 
     def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
+        raise NotImplementedError
+
+    def execute_as_rq(self, job: Job, queue: Queue) -> None:
+        """RQ's own way to run a job (its Worker's or its SimpleWorker's), for the RQ path."""
         raise NotImplementedError
 
     def get_ready(self) -> None:

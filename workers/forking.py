@@ -44,6 +44,11 @@ class ForkingWorker(FastWorker):
     _report: bytearray | None = None
     _horse_status: int | None = None
 
+    def execute_as_rq(self, job: Job, queue: Queue) -> None:
+        """RQ's Worker.execute_job (the class past FastWorker): a horse forked for the job, running RQ's
+        perform_job."""
+        super(FastWorker, self).execute_job(job, queue)
+
     def get_ready(self) -> None:
         if self._spare is None:
             self._spare = self.fork_horse(spare=True)
@@ -145,7 +150,8 @@ class ForkingWorker(FastWorker):
     def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
         """Read the horse's report until it ends or the horse exits (a process the job started may
         hold the pipe open), under RQ's monitoring alarm; then reap the horse."""
-        assert self._report is not None and self._horse_exit is not None
+        if self._report is None or self._horse_exit is None:  # RQ's path, or a stop before perform()
+            return super().wait_for_horse()
         reports = self._horse.reports
         poller = select.poll()
         poller.register(reports, select.POLLIN)
