@@ -70,3 +70,13 @@ def leave_a_child(seconds: float) -> int:
         time.sleep(seconds)
         os._exit(0)
     return child
+
+
+def wait_for_a_command(seconds: float) -> float:
+    """Count this run in compat:running:ID (a test sends a stop or kill command when it sees it), then
+    sleep `seconds`: long enough for a work-horse to be killed first, or the in-process worker's whole job."""
+    job = get_current_job()
+    assert job is not None
+    job.connection.incr(f"compat:running:{job.id}")
+    time.sleep(seconds)
+    return seconds
