@@ -17,7 +17,6 @@ from config import get_settings
 from jobs import api, email, images, stats, submit, submit_many
 from jobs.media import as_argument
 from ops.outcomes import wait_for, wait_for_all
-from ops.views import listening_workers
 
 
 class JobCommands(click.Group):
@@ -94,10 +93,8 @@ def run_enqueue(
         for (args, kwargs), (job, duplicate) in zip(calls, submissions, strict=True)
     ]
     if wait:
-        for idle in sorted({job.origin for job, _ in submissions if not listening_workers(job.origin)}):
-            click.echo(f"waiting for {len(submissions)} job(s): no worker listens on {idle!r} yet", err=True)
         for report, (job, _) in zip(reports, submissions, strict=True):
-            report.update(wait_for(job).as_dict())
+            report.update(wait_for(job, tell=lambda line: click.echo(f"waiting: {line}", err=True)).as_dict())
     emit(reports[0] if len(reports) == 1 else reports, as_json, render_submissions)
     if wait and any(report["status"] != "finished" for report in reports):
         sys.exit(EXIT_FAILURE)
@@ -164,6 +161,17 @@ def enqueue_prune_tags(**options: Any) -> None:
     Example: python cli.py enqueue prune-tags --wait
     """
     run_enqueue("prune-tags", [((), {})], **options)
+
+
+@enqueue.command("release-due")
+@enqueue_options
+def enqueue_release_due(**options: Any) -> None:
+    """Move the due retries, deferrals and --in/--at jobs of every queue to their queues, where no
+    worker runs RQ's scheduler (bare `rq worker`s; the schedule does it every minute).
+
+    Example: python cli.py enqueue release-due --wait
+    """
+    run_enqueue("release-due", [((), {})], **options)
 
 
 @enqueue.command("word-count")

@@ -12,6 +12,7 @@ import click
 
 from commands.common import emit, json_output
 from config import get_settings, redis_client
+from config.connection import answers, redacted_url
 from launcher import dashboard as web_dashboard
 from launcher import demo as demo_data
 from launcher import mail_sink
@@ -23,11 +24,14 @@ from ops import metrics as metrics_server
 
 @click.command()
 @click.option("--workers", type=click.IntRange(min=0), help="Worker processes (default: RQKIT_WORKERS, 2).")
-@click.option("--scheduler/--no-scheduler", default=True, help="Run rqscheduler (default: yes).")
+@click.option(
+    "--scheduler/--no-scheduler", default=True, help="Run rq-scheduler (`python -m scheduler`; default: yes)."
+)
 @click.option("--dashboard/--no-dashboard", default=True, help="Run rq-dashboard (default: yes).")
 @click.option("--demo", "with_demo", is_flag=True, help="Seed sample data and enqueue a few demo jobs.")
 def up(workers: int | None, scheduler: bool, dashboard: bool, with_demo: bool) -> None:
-    """Run everything: Redis (embedded if none answers), workers, rqscheduler and rq-dashboard.
+    """Run everything: Redis (embedded if none answers), workers, rq-scheduler (`python -m scheduler`),
+    rq-dashboard and, unless RQKIT_SMTP_HOST is set, the local SMTP sink.
 
     Ctrl-C (or SIGTERM) stops it all; workers finish their current job first.
 
@@ -45,7 +49,11 @@ def run_redis() -> None:
 
     Example: python cli.py redis
     """
-    sys.exit(Stack(get_settings(), workers=0, scheduler=False, dashboard=False, mail=False).run())
+    settings = get_settings()
+    if answers(settings.redis_url):
+        click.echo(f"a Redis already answers at {redacted_url(settings.redis_url)}: nothing to start")
+        return
+    sys.exit(Stack(settings, workers=0, scheduler=False, dashboard=False, mail=False).run())
 
 
 @click.command()
@@ -123,6 +131,22 @@ def mail() -> None:
 
     Example: python cli.py mail list
     """
+
+
+@mail.command("serve")
+def mail_serve() -> None:
+    """Run only the local SMTP sink (what `up` runs): each message it receives becomes a file in
+    var/mail/, for `mail list` and `mail show`. Start it beside bare `rq worker`s when no real SMTP
+    server is set (RQKIT_SMTP_HOST); Ctrl-C stops it.
+
+    Example: python cli.py mail serve
+    """
+    settings = get_settings()
+    if settings.smtp_host:
+        host, port, _ = settings.smtp_server
+        click.echo(f"note: RQKIT_SMTP_HOST is set: email jobs go to {host}:{port}, not here", err=True)
+    check_free("127.0.0.1", settings.smtp_sink_port, "mail sink", "RQKIT_SMTP_SINK_PORT")
+    mail_sink.run(settings.smtp_sink_port, settings.mail_dir)
 
 
 @mail.command("list")

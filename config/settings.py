@@ -83,6 +83,8 @@ class Settings:
             "expire-sessions": {"job": "expire-sessions", "cron": "0 * * * *", "description": "hourly"},
             "sweep-caches": {"job": "sweep-cache", "cron": "30 3 * * *", "description": "nightly"},
             "prune-tags": {"job": "prune-tags", "cron": "15 * * * *", "description": "hourly"},
+            # RQ's scheduled registries, where a bare `rq worker` has no scheduler (jobs/scheduled.py)
+            "release-due": {"job": "release-due", "every": 60, "description": "every minute"},
             "word-count-comment": {"job": "word-count", "args": ["comment"], "every": 600},
             "word-count-article": {"job": "word-count", "args": ["article"], "every": 600},
         }

@@ -13,7 +13,7 @@ from typing import Any
 from rq import Retry
 
 from config import Settings, get_settings
-from jobs import api, demo, email, images, maintenance, stats, tags
+from jobs import api, demo, email, images, maintenance, scheduled, stats, tags
 from jobs.errors import JobInputError, UnknownJobError
 
 DAY = 24 * 3600
@@ -157,6 +157,15 @@ JOBS: dict[str, JobSpec] = {
             description="Drop the jobs that expired or were deleted from every tag index",
             timeout=maintenance.JOB_TIMEOUT,
             retry_intervals=RERUN_IF_CUT_SHORT,
+        ),
+        JobSpec(
+            "release-due",
+            scheduled.release_due,
+            queue="maintenance",
+            description="Move due retries, deferrals and --in/--at jobs to their queues (for bare workers)",
+            timeout=60,
+            result_ttl=600,
+            failure_ttl=DAY,
         ),
         JobSpec(
             "word-count",

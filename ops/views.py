@@ -18,7 +18,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.worker import BaseWorker
 
-from config import get_settings, ping, redis_client, rq_classes
+from config import get_settings, ping, rq_classes
 from config.rq_classes import STATES
 from jobs.errors import JobInputError
 from jobs.runtime import name_of
@@ -63,12 +63,6 @@ def worker_view(worker: BaseWorker) -> dict[str, Any]:
         "finished": worker.successful_job_count,
         "failed": worker.failed_job_count,
     }
-
-
-def listening_workers(queue_name: str, connection: Redis | None = None) -> list[str]:
-    """Names of the workers that listen on `queue_name`."""
-    queue = rq_classes.Queue(queue_name, connection=connection or redis_client())
-    return [worker.name for worker in rq_classes.Worker.all(queue=queue)]
 
 
 def overview(connection: Redis) -> dict[str, Any]:

@@ -161,7 +161,7 @@ def test_wait_says_when_no_worker_listens(connection: Redis, start_worker: Any) 
     command = ["cli.py", "enqueue", "sleep", "0", "--queue", "maintenance", "--wait", "--json"]
     waiting = start_python(*command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert waiting.stderr is not None
-    assert "no worker listens on 'maintenance' yet" in waiting.stderr.readline()
+    assert "is queued on 'maintenance', where no worker listens yet" in waiting.stderr.readline()
     start_worker("maintenance")
     out, _ = waiting.communicate(timeout=60)
     assert waiting.returncode == 0 and json.loads(out)["status"] == "finished"

@@ -174,6 +174,7 @@ def test_the_dotted_paths_stored_in_redis_resolve() -> None:
         "webhook": "jobs.api.deliver_webhook",
         "expire-sessions": "jobs.maintenance.expire_sessions",
         "sweep-cache": "jobs.maintenance.sweep_cache",
+        "release-due": "jobs.scheduled.release_due",
         "prune-tags": "jobs.tags.prune_tags",
         "word-count": "jobs.stats.word_count",
     }

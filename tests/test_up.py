@@ -140,7 +140,7 @@ def test_up_embeds_redis_runs_jobs_and_leaves_nothing_behind(
     assert (tmp_path / "var" / "redis" / "appendonly.aof").exists()
     log = up.log.read_text()
     assert "embedded redis-server" in log and "redis     | stopped" in log
-    assert "schedule  | synced: 5 added" in log
+    assert "schedule  | synced: 6 added" in log
 
 
 def test_ctrl_c_lets_the_running_job_finish(start_up: Callable[[str], Up], redis_server: RedisServer) -> None:

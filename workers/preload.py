@@ -19,6 +19,7 @@ MODULES = (
     "jobs.email",
     "jobs.images",
     "jobs.maintenance",
+    "jobs.scheduled",
     "jobs.stats",
     "jobs.tags",
     "scheduler.periodic",  # the schedule's trigger, which runs on the workers
