@@ -67,7 +67,8 @@ def waiting_for(job: Job, status: JobStatus) -> str:
     """What a job that has not ended waits for, in one line."""
     connection = job.connection
     if status == JobStatus.STARTED:
-        return f"job {job.id} is running on worker {job.worker_name}"
+        worker = as_text(connection.hget(job.key, "worker_name") or b"?")
+        return f"job {job.id} is running on worker {worker}"
     if status == JobStatus.DEFERRED:
         return f"job {job.id} waits for the jobs it depends on: {', '.join(job.dependency_ids)}"
     if status == JobStatus.SCHEDULED:
@@ -76,10 +77,7 @@ def waiting_for(job: Job, status: JobStatus) -> str:
             when = f"for {registry.get_scheduled_time(job.id).isoformat(timespec='seconds')}"
         except NoSuchJobError:  # not in RQ's registry: rq-scheduler's own entry
             when = "in rq-scheduler"
-        result = job.latest_result()
-        why = (
-            f" (a retry, after {failure_reason(job)})" if result and result.type == result.Type.FAILED else ""
-        )
+        why = " (its retry)" if connection.hget(job.key, "started_at") else ""  # it ran before
         return f"job {job.id} is scheduled {when}{why}; {who_moves(connection, job.origin)}"
     if not listening_workers(job.origin, connection):
         return f"job {job.id} is queued on {job.origin!r}, where no worker listens yet"
@@ -102,7 +100,7 @@ def who_moves(connection: Redis, queue: str) -> str:
         missing = f"no worker listens on {maintenance!r}, where {RELEASE_DUE!r} runs"
     else:
         return (
-            f"the schedule's {RELEASE_DUE!r} will move it within about a minute of then (on {maintenance!r})"
+            f"the schedule's {RELEASE_DUE!r} (on {maintenance!r}) will move it within about a minute of then"
         )
     return (
         f"nobody will move it: no worker runs RQ's scheduler for {queue!r} (--with-scheduler), and {missing}"
