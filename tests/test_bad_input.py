@@ -54,6 +54,7 @@ KNOWN_BAD: list[tuple[str, tuple[Any, ...], dict[str, Any], str]] = [
     ("expire-sessions", ("default",), {"dry_run": "yes"}, "dry_run"),
     ("sweep-cache", ("nope",), {}, "cache target 'nope' is not configured"),
     ("prune-tags", (1,), {}, "too many positional arguments"),
+    ("release-due", ("maintenance",), {}, "too many positional arguments"),
     ("word-count", ("post",), {}, "MODEL must be one of"),
 ]
 
