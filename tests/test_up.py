@@ -165,15 +165,13 @@ def test_a_second_ctrl_c_stops_the_running_job_now(
     parts = descendants(up.process.pid)
     job = Job.fetch(up.cli_json("enqueue", "sleep", "60")["id"], connection=Redis.from_url(redis_server.url))
     wait_until(lambda: job.get_status() == "started", what="the job to start")
-    started = time.monotonic()
     up.process.send_signal(signal.SIGINT)
     time.sleep(0.3)  # two presses of Ctrl-C: signals sent back to back would merge into one
     up.process.send_signal(signal.SIGINT)
-    assert up.process.wait(30) == 0
-    assert time.monotonic() - started < 20  # not the job's 60 s
+    assert up.process.wait(30) == 0  # a guard against a hang: the job's status says if it was waited for
     assert not parts & descendants(os.getpid())
-    # RQ's cold shutdown kills the work-horse and leaves the job as it was: started, to be found
-    # abandoned (and failed) by the next worker's registry cleanup.
+    # RQ's cold shutdown kills the work-horse and leaves the job as it was: started (not finished), to
+    # be found abandoned (and failed) by the next worker's registry cleanup.
     assert job.get_status() == "started"
 
 
