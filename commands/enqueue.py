@@ -14,19 +14,18 @@ import click
 
 from commands.common import EXIT_FAILURE, Duration, When, emit, json_output, json_value, pairs_of
 from config import get_settings
-from jobs import api, email, images, stats, submit, submit_many
+from jobs import api, email, get_spec, images, stats, submit, submit_many
+from jobs.errors import UnknownJobError
 from jobs.media import as_argument
 from ops.outcomes import wait_for, wait_for_all
 
 
 class JobCommands(click.Group):
-    """`enqueue NAME`: an unknown NAME is a usage error that lists the known jobs."""
+    """`enqueue NAME`: an unknown NAME is a usage error that offers the closest names and lists the rest."""
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         if args and not args[0].startswith("-") and args[0] not in self.commands:
-            raise click.UsageError(
-                f"unknown job {args[0]!r}; known jobs: {', '.join(sorted(self.commands))}", ctx
-            )
+            raise click.UsageError(str(UnknownJobError(args[0], sorted(self.commands))), ctx)
         return super().resolve_command(ctx, args)
 
 
@@ -105,7 +104,7 @@ def render_submissions(reports: dict[str, Any] | list[dict[str, Any]]) -> str:
 
 
 def render_submission(report: dict[str, Any]) -> str:
-    what = " ".join([report["job"], *map(str, report["args"])])
+    what = get_spec(report["job"]).describe(tuple(report["args"]), report["kwargs"])  # the job's description
     if report["duplicate"]:
         line = f"{what}: already pending as job {report['id']} on {report['queue']}"
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 from config.errors import ConfigError, ToolkitError
 
 __all__ = [
@@ -23,8 +25,10 @@ class UnknownJobError(JobInputError):
     """No job is registered under that name."""
 
     def __init__(self, name: str, known: list[str]) -> None:
-        super().__init__(f"unknown job {name!r}; known jobs: {', '.join(known)}")
         self.known = known
+        self.close = difflib.get_close_matches(name, known, n=3)
+        hint = f" did you mean {' or '.join(map(repr, self.close))}?" if self.close else ""
+        super().__init__(f"unknown job {name!r};{hint} known jobs: {', '.join(known)}")
 
 
 class MemoryLimitError(ToolkitError):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
+from rq.timeouts import BaseTimeoutException
 
 from config import Settings, get_settings
 from jobs.errors import JobInputError, ToolkitError
@@ -29,6 +30,11 @@ MAX_SIZE = 8192
 VERSION = 1  # part of every output's marker: bump it when the output changes, and reruns regenerate
 REDUCING_GAP = 3.0  # Pillow's reduce() first, then LANCZOS: near a full LANCZOS, much faster
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"})
+# What decoding a hostile file raises is open-ended: besides OSError, SyntaxError and ValueError, Pillow's
+# plugins let struct.error (a short EXIF block), NotImplementedError (an unknown DDS or BLP variant) and
+# others through. Any exception while decoding is the file's fault, except these, which keep their meaning:
+# the toolkit's own errors, the memory cap's MemoryError and RQ's time-out.
+NOT_THE_FILES_FAULT = (ToolkitError, MemoryError, BaseTimeoutException)
 
 
 @dataclass(frozen=True)
@@ -150,10 +156,17 @@ def open_image(source: Path, max_pixels: int, name: str) -> Iterator[Image.Image
             raise JobInputError(
                 f"thumbnail: {name} has more pixels than the limit of {max_pixels:,}"
             ) from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise JobInputError(f"thumbnail: cannot decode {name}: {exc}") from None
+        except NOT_THE_FILES_FAULT:
+            raise
+        except Exception as exc:  # kept as the cause: if it is a bug of ours, the traceback shows where
+            raise JobInputError(f"thumbnail: cannot decode {name}: {one_line(exc)}") from exc
         finally:
             Image.MAX_IMAGE_PIXELS = previous
+
+
+def one_line(exc: Exception) -> str:
+    """The exception's message on one line, or its type if it has none."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def output_format(requested: str, image: Image.Image) -> str:
@@ -197,7 +210,9 @@ def up_to_date(output: Path, source_mtime_ns: int, marker: str) -> bool:
             return False
         with Image.open(output) as existing:
             return read_marker(existing) == marker
-    except (OSError, SyntaxError, ValueError):
+    except NOT_THE_FILES_FAULT:
+        raise
+    except Exception:  # missing, unreadable or not what we wrote: make it again
         return False
 
 

@@ -84,9 +84,9 @@ class Report:
     target: str
     dry_run: bool
     examined: int = 0
-    deleted: int = 0
+    deleted: int = 0  # in a dry run, what would be: reported as would_delete
     batches: int = 0
-    bytes_freed: int = 0
+    bytes_freed: int = 0  # in a dry run, what would be: reported as would_free_bytes
     folders_removed: int = 0
     seconds: float = 0.0
     longest_step_ms: float = 0.0
@@ -100,9 +100,11 @@ class Report:
             self.longest_step_ms = max(self.longest_step_ms, (time.perf_counter() - start) * 1000)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            key: round(value, 3) if isinstance(value, float) else value for key, value in vars(self).items()
-        }
+        report = {k: round(v, 3) if isinstance(v, float) else v for k, v in vars(self).items()}
+        if self.dry_run:  # it deleted nothing: what it would delete goes under names that say so
+            report |= {"deleted": 0, "would_delete": self.deleted}
+            report |= {"bytes_freed": 0, "would_free_bytes": self.bytes_freed}
+        return report
 
 
 def entry(kind: str, name: object, table: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -166,8 +168,7 @@ def locked_run(
     job: str, name: str, dry_run: bool, work: Callable[[Report], None], settings: Settings
 ) -> dict[str, Any]:
     """Run `work` under the lock of this job and target, timed; "already running" if another holds it."""
-    current = get_current_job()
-    owner = current.id if current else None
+    owner = getattr(get_current_job(), "id", None)  # a rerun of the same job takes over its lock
     with exclusive(redis_client(settings), f"rqkit:lock:{job}:{name}", LOCK_SECONDS, owner) as acquired:
         if not acquired:
             return {"target": name, "status": "already running"}
@@ -175,7 +176,8 @@ def locked_run(
         start = time.perf_counter()
         work(report)
         report.seconds = time.perf_counter() - start
-    logger.info("%s %s: %d of %d deleted", job, name, report.deleted, report.examined)
+    verb = "would delete" if dry_run else "deleted"
+    logger.info("%s %s: %s %d of %d", job, name, verb, report.deleted, report.examined)
     return {**report.as_dict(), "status": "dry run" if dry_run else "done"}
 
 
@@ -184,10 +186,8 @@ def sql_rule(config: dict[str, Any]) -> dict[str, Any]:
     preset = config.get("preset")
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"session store: unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-    rule = {
-        **PRESETS.get(preset or "", {}),
-        **{k: v for k, v in config.items() if k not in ("kind", "preset", "url")},
-    }
+    own = {k: v for k, v in config.items() if k not in ("kind", "preset", "url")}
+    rule = PRESETS.get(preset or "", {}) | own
     if "table" not in rule or "key_column" not in rule:
         raise ConfigError("session store: give a preset, or table and key_column")
     if "expiry_column" not in rule and not ("updated_column" in rule and "max_age" in rule):

@@ -211,10 +211,27 @@ def test_a_webhook_is_signed_and_the_receiver_can_verify_it(
     ]
 
 
+def test_a_webhook_is_described_in_json_in_redis_and_on_the_command_line(
+    server: HTTPServer, connection: Redis
+) -> None:
+    """What `rq info`, the dashboard and `enqueue` show: the payload as JSON, not as a Python dict."""
+    url = server.url_for("/hooks")
+    payload = '{"id": 7, "paid": true, "note": null}'
+    args = ["enqueue", "webhook", url, "order.paid", "--payload", payload, "--secret", "SHOP"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    [job] = Queue("api", connection=connection).jobs
+    described = f'webhook "{url}" "order.paid" {payload} "SHOP"'
+    assert job.description == described
+    assert result.stdout == f"{described}: queued as job {job.id} on api\n"
+
+
 def test_a_call_over_the_rate_limit_is_deferred_to_its_slot_without_using_a_retry(
     server: HTTPServer, monkeypatch: pytest.MonkeyPatch, connection: Redis, run_jobs: Any
 ) -> None:
-    monkeypatch.setenv("RQKIT_API_RATE_LIMITS", "127.0.0.1=30/m")  # one every 2 s: more than a second away
+    # One every 10 s: the second call's slot is more than a second away (so deferred, not slept on)
+    # however slowly a busy machine gets from the first call to the second.
+    monkeypatch.setenv("RQKIT_API_RATE_LIMITS", "127.0.0.1=6/m")
     recorder = Recorder(Response("ok"))
     url = route(server, "/slow-lane", recorder)
     first, second = (enqueue("api-call", "GET", url) for _ in range(2))
@@ -241,9 +258,12 @@ def test_two_workers_share_a_rate_limit(
     for worker in workers:
         assert worker.wait(60) == 0
     times = sorted(when for when, _, _ in recorder.requests)
-    assert len(times) == calls
-    measured = (calls - 1) / (times[-1] - times[0])
-    assert abs(measured - rate) / rate < 0.10, measured
+    assert len(times) == calls and all(job.get_status() == "finished" for job in jobs)  # the work completes
+    # The limit bounds the pace from above only: a busy machine may make the calls slower, never faster.
+    # Each call goes out at its reserved slot or later, one slot every 1/rate s across both workers, so
+    # the calls span at least (calls - 1) / rate s, less the first call's own way to the server (allowed
+    # up to 0.5 s). Two workers limited each on its own would take half that; unlimited, far less.
+    assert times[-1] - times[0] >= (calls - 1) / rate - 0.5, times[-1] - times[0]
 
 
 def test_the_cli_builds_the_call(server: HTTPServer, connection: Redis) -> None:

@@ -20,6 +20,8 @@ from jobs import JOBS
 from launcher.redis_server import free_port
 from tests.support import run, run_json, start_python
 
+KNOWN = ", ".join(sorted(JOBS))
+
 
 def all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     found = [prefix]
@@ -66,7 +68,13 @@ def test_enqueue_in_and_at_schedule_the_job(connection: Redis) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["enqueue", "sleeep", "1"], f"unknown job 'sleeep'; known jobs: {', '.join(sorted(JOBS))}"),
+        (["enqueue", "sleeep", "1"], f"unknown job 'sleeep'; did you mean 'sleep'? known jobs: {KNOWN}"),
+        (
+            ["enqueue", "thumbnial", "x.jpg"],
+            "unknown job 'thumbnial'; did you mean 'thumbnail'? known jobs: ",
+        ),
+        (["enqueue", "sweep-caches"], "unknown job 'sweep-caches'; did you mean 'sweep-cache'? known jobs: "),
+        (["enqueue", "xyzzy"], f"unknown job 'xyzzy'; known jobs: {KNOWN}"),  # nothing close: no guess
         (["enqueue", "sleep", "abc"], "'abc' is not a valid float"),
         (["enqueue", "sleep", "99999"], "SECONDS must be a number from 0 to 3600"),
         (["enqueue", "sleep", "-1"], "SECONDS must be a number from 0 to 3600, got -1"),

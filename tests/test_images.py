@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +178,38 @@ def test_a_failed_write_leaves_no_partial_output(media: Media) -> None:
     assert files_under(media.thumbs) == ["128"]
 
 
+TIFF_HEADER_ONLY = b"II*\x00\x08\x00"  # an EXIF block cut off before its first directory's entry count
+
+
+def exif_cut_short(fmt: str) -> bytes:
+    """A picture whose EXIF block is only the TIFF header: Pillow's EXIF reader fails with struct.error."""
+    stream = io.BytesIO()
+    exif = (b"Exif\x00\x00" if fmt == "JPEG" else b"") + TIFF_HEADER_ONLY
+    Image.new("RGB", (40, 30), "red").save(stream, fmt, exif=exif)
+    return stream.getvalue()
+
+
+def dds_of_unknown_pixel_format() -> bytes:
+    """A 4x4 DDS texture whose pixel format flags (8) name no format: NotImplementedError on open."""
+    header = struct.pack("<I3I3I11I", 124, 0x1007, 4, 4, 0, 0, 0, *[0] * 11)
+    pixel_format = struct.pack("<8I", 32, 8, 0, 0, 0, 0, 0, 0)
+    return b"DDS " + header + pixel_format + struct.pack("<5I", 0x1000, 0, 0, 0, 0) + bytes(64)
+
+
+def blp_of_unknown_compression() -> bytes:
+    """A 4x4 BLP1 texture with compression 2 (neither JPEG nor palette): BLPFormatError when decoded."""
+    return b"BLP1" + struct.pack("<iIIIiI", 2, 0, 4, 4, 5, 0) + bytes(128)
+
+
+GARBLED = {
+    "exif.jpg": lambda: exif_cut_short("JPEG"),
+    "exif.png": lambda: exif_cut_short("PNG"),
+    "exif.webp": lambda: exif_cut_short("WEBP"),
+    "texture.dds": dds_of_unknown_pixel_format,
+    "texture.blp": blp_of_unknown_compression,
+}
+
+
 class TestBadInputFailsCleanly:
     """Each bad input is a failed job with a one-line reason, no output, and the worker goes on."""
 
@@ -222,6 +256,27 @@ class TestBadInputFailsCleanly:
             reason
             == "JobInputError: thumbnail: cannot decode noise.jpg: broken data stream when reading image file"
         )
+
+    @pytest.mark.parametrize(
+        ("name", "pillow_says"),
+        [
+            ("exif.jpg", "unpack requires a buffer of 4 bytes"),  # struct.error, reading the orientation
+            ("exif.png", "unpack requires a buffer of 4 bytes"),
+            ("exif.webp", "unpack requires a buffer of 4 bytes"),
+            ("texture.dds", "Unknown pixel format flags 8"),  # NotImplementedError, on open
+            (
+                "texture.blp",
+                "Unsupported BLP compression 5",
+            ),  # BLPFormatError, decoding (sic: 5 is the encoding)
+        ],
+    )
+    def test_garbled_headers_that_pillow_raises_other_errors_for(
+        self, media: Media, run_jobs: Any, connection: Redis, name: str, pillow_says: str
+    ) -> None:
+        """Not OSError, SyntaxError or ValueError: the job still fails with its one-line error."""
+        (media.root / name).write_bytes(GARBLED[name]())
+        reason = self.run(media, run_jobs, connection, name)
+        assert reason == f"JobInputError: thumbnail: cannot decode {name}: {pillow_says}"
 
     @pytest.mark.parametrize("pixels", [50_000, 100_000])  # Pillow warns under 2x its limit, raises above
     def test_decompression_bomb(
@@ -322,6 +377,17 @@ def test_a_job_over_its_memory_cap_fails_and_the_worker_goes_on(
     assert wait_for(light, timeout=60).status == "finished"
     assert worker.poll() is None
     assert files_under(media.thumbs) == [f"{size}/small.jpg.jpg" for size in (1024, 128, 256)]
+
+
+def test_a_garbled_output_in_the_way_is_made_again(media: Media) -> None:
+    """An output that Pillow can't read (here a DDS it raises NotImplementedError for) is not up to date."""
+    photo(media.root / "cat.jpg", (300, 200))
+    in_the_way = media.output(64, "cat.jpg.jpg")
+    in_the_way.parent.mkdir(parents=True)
+    in_the_way.write_bytes(dds_of_unknown_pixel_format())  # newer than its source
+    assert make("cat.jpg", [64])["written"] == {"64": str(in_the_way)}
+    with Image.open(in_the_way) as thumb:
+        assert (thumb.format, thumb.size) == ("JPEG", (64, 43))
 
 
 def test_outputs_are_readable_by_others_as_the_umask_allows(media: Media) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,19 @@ from launcher.redis_server import free_port
 from ops.outcomes import exception_line, failure_reason, wait_for
 
 NOBODY_HOME = f"redis://127.0.0.1:{free_port()}/0"
+JOBS_DOC = Path(__file__).parent.parent / "docs" / "jobs.md"
+
+
+def documented_jobs() -> list[str]:
+    """The names in the first column of the table under `## Jobs` in docs/jobs.md, in order."""
+    section = JOBS_DOC.read_text().split("\n## Jobs\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([^`]+)` \|", section, flags=re.MULTILINE)
+
+
+def test_the_documented_jobs_table_lists_every_registered_job_once() -> None:
+    documented = documented_jobs()
+    assert len(documented) == len(set(documented)), documented
+    assert sorted(documented) == sorted(JOBS)
 
 
 def test_every_job_declares_a_known_queue_and_a_policy() -> None:
@@ -99,10 +114,13 @@ def test_bad_arguments_are_refused_before_redis_is_touched(
         submit("sleep", args, kwargs)
 
 
-def test_an_unknown_job_lists_the_known_ones() -> None:
-    with pytest.raises(UnknownJobError, match=f"known jobs: {', '.join(sorted(JOBS))}") as error:
+def test_an_unknown_job_offers_the_closest_names_and_lists_the_known_ones() -> None:
+    with pytest.raises(
+        UnknownJobError, match=f"did you mean 'sleep'\\? known jobs: {', '.join(sorted(JOBS))}$"
+    ) as error:
         enqueue("sleeep", 1)
     assert {"sleep", "word-count", "thumbnail"} <= set(error.value.known)
+    assert error.value.close == ["sleep"]
 
 
 def test_a_queue_that_no_worker_listens_to_is_refused() -> None:
