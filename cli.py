@@ -14,8 +14,10 @@ import click
 import redis
 
 from commands import enqueue, inspect, run, schedule
+from commands.common import printable
 from config import RedisUnavailable, get_settings
 from config.errors import ToolkitError
+from config.outage import is_outage
 from config.settings import LOG_FORMAT
 from jobs.errors import JobInputError
 
@@ -26,12 +28,21 @@ class Toolkit(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except JobInputError as exc:
-            raise click.UsageError(str(exc)) from exc  # no ctx: the root's usage line would mislead
+        except JobInputError as exc:  # no ctx: the root's usage line would mislead
+            raise click.UsageError(printable(str(exc))) from exc
         except ToolkitError as exc:
-            raise click.ClickException(str(exc)) from exc
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise click.ClickException(str(RedisUnavailable(get_settings().redis_url))) from exc
+            raise click.ClickException(printable(str(exc))) from exc
+        except redis.RedisError as exc:
+            if not is_outage(exc):
+                raise
+            raise click.ClickException(str(RedisUnavailable(get_settings().redis_url, exc))) from exc
+
+
+class PrintableFormatter(logging.Formatter):
+    """Log lines with the control characters of what they quote escaped (a traceback keeps its lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record), keep="\n")
 
 
 @click.group(cls=Toolkit)
@@ -40,7 +51,9 @@ def cli() -> None:
 
     Example: python cli.py up --demo
     """
-    logging.basicConfig(level=get_settings().log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter(LOG_FORMAT))
+    logging.basicConfig(level=get_settings().log_level.upper(), handlers=[handler])
 
 
 for command in (

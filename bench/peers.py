@@ -306,6 +306,7 @@ class Bench:
             RQ_REDIS_URL=url,
             PYTHONPATH=str(work),
             PYTHONUNBUFFERED="1",
+            RQKIT_JOB_FUNCTIONS="benchtask.*",  # the benchmark's own jobs (workers/allowed.py)
         )
 
     def spawn(self, system: System, command: list[str], log: str) -> subprocess.Popen[bytes]:

@@ -28,6 +28,7 @@ from redis import Redis
 
 from config import get_settings
 from config.settings import PROJECT_ROOT
+from config.storage import S3Location
 from jobs import submit_many
 from jobs.images import Places, ThumbnailSpec, make_thumbnails
 from launcher.redis_server import RedisServer, free_port
@@ -105,11 +106,22 @@ def naive(paths: list[Path], out: Path) -> None:
                 copy.save(out / f"{i}-{size}.jpg", quality=QUALITY)
 
 
+def relative(path: Path, places: Places) -> str:
+    """An image's path as the thumbnail job takes it: relative to the media root."""
+    return path.relative_to(local(places.media_root)).as_posix()
+
+
+def local(location: Path | S3Location) -> Path:
+    """This benchmark's roots are folders (bench/bucket_thumbs.py is the bucket's)."""
+    assert isinstance(location, Path), location
+    return location
+
+
 def core(paths: list[Path], places: Places) -> None:
     """(b) The toolkit's core function in a loop."""
     spec = ThumbnailSpec(SIZES, "jpeg", QUALITY)
     for path in paths:
-        make_thumbnails(places.relative(path), places, spec, 10**9)
+        make_thumbnails(relative(path, places), places, spec, 10**9)
 
 
 def timed(action: Callable[[], object]) -> float:
@@ -130,10 +142,10 @@ def through_workers(
 ) -> tuple[float, float]:
     """(c) Enqueue everything, then `rq worker --burst` processes until done: seconds, and peak RSS in MB
     of a worker with its work-horses (measured by a small parent, so that ours does not count)."""
-    shutil.rmtree(places.thumbs_root, ignore_errors=True)
+    shutil.rmtree(local(places.thumbs_root), ignore_errors=True)
     connection.flushdb()
     kwargs = {"sizes": list(SIZES), "format": "jpeg"}
-    jobs, refused = submit_many("thumbnail", [(places.relative(p),) for p in paths], kwargs)
+    jobs, refused = submit_many("thumbnail", [(relative(p, places),) for p in paths], kwargs)
     assert not refused, refused
     worker = ["-m", "rq.cli", "worker", "-c", "config.rq", "--burst", "--quiet", "images"]
     command = [sys.executable, "-c", RSS_WRAPPER, sys.executable, *worker]
@@ -192,7 +204,7 @@ def quality(paths: list[Path], places: Places) -> float:
         with Image.open(path) as image:
             reference = ImageOps.exif_transpose(image).convert("RGB")
         reference.thumbnail((SIZES[0], SIZES[0]), Image.Resampling.LANCZOS, reducing_gap=None)
-        with Image.open(places.thumbs_root / "1024" / f"{places.relative(path)}.jpg") as ours:
+        with Image.open(local(places.thumbs_root) / "1024" / f"{relative(path, places)}.jpg") as ours:
             worst = min(worst, psnr(reference, ours.convert("RGB")))
     return worst
 
@@ -259,7 +271,7 @@ def run_all(paths: list[Path], places: Places, work: Path, connection: Redis, wi
     results = Results()
     (work / "naive").mkdir()
     results.naive = timed(lambda: naive(paths, work / "naive"))
-    shutil.rmtree(places.thumbs_root, ignore_errors=True)
+    shutil.rmtree(local(places.thumbs_root), ignore_errors=True)
     results.core = timed(lambda: core(paths, places))
     results.psnr = quality(paths, places)
     results.rerun = timed(lambda: core(paths, places))
@@ -269,7 +281,7 @@ def run_all(paths: list[Path], places: Places, work: Path, connection: Redis, wi
         (work / "vips").mkdir()
         results.vips = vips(paths, work / "vips")
     connection.flushdb()
-    many = places.media_root / "many"
+    many = local(places.media_root) / "many"
     shutil.rmtree(many, ignore_errors=True)
     try:
         results.enqueue = enqueue_many_files(many, 10_000)

@@ -12,15 +12,26 @@ from typing import Any
 
 import click
 
-from commands.common import EXIT_FAILURE, Duration, When, emit, json_output, json_value, pairs_of
+from commands.common import (
+    EXIT_FAILURE,
+    Duration,
+    SafeCommand,
+    SafeGroup,
+    When,
+    emit,
+    json_output,
+    json_value,
+    pairs_of,
+    say,
+)
 from config import get_settings
 from jobs import api, email, get_spec, images, stats, submit, submit_many
-from jobs.errors import UnknownJobError
+from jobs.errors import JobInputError, UnknownJobError
 from jobs.media import as_argument
 from ops.outcomes import wait_for, wait_for_all
 
 
-class JobCommands(click.Group):
+class JobCommands(SafeGroup):
     """`enqueue NAME`: an unknown NAME is a usage error that offers the closest names and lists the rest."""
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
@@ -93,8 +104,8 @@ def run_enqueue(
     ]
     if wait:
         for report, (job, _) in zip(reports, submissions, strict=True):
-            report.update(wait_for(job, tell=lambda line: click.echo(f"waiting: {line}", err=True)).as_dict())
-    emit(reports[0] if len(reports) == 1 else reports, as_json, render_submissions)
+            report.update(wait_for(job, tell=lambda line: say(f"waiting: {line}", err=True)).as_dict())
+    emit(reports[0] if len(reports) == 1 else reports, as_json, render_submissions, quoted=("result",))
     if wait and any(report["status"] != "finished" for report in reports):
         sys.exit(EXIT_FAILURE)
 
@@ -112,7 +123,7 @@ def render_submission(report: dict[str, Any]) -> str:
     if report.get("reason"):
         return f"{line}\n{report['status']}: {report['reason']}"
     if "result" in report:
-        return f"{line}\n{report['status']}: {json.dumps(report['result'])}"
+        return f"{line}\n{report['status']}: {json.dumps(report['result'], ensure_ascii=False, default=str)}"
     return line
 
 
@@ -212,13 +223,14 @@ def enqueue_thumbnail(
 ) -> None:
     """Make bounded thumbnails of each image at PATH (one job per file), under the thumbnails root.
 
-    Paths are relative to the current directory and must lie inside the media root.
+    Paths are relative to the current directory and must lie inside the media root (with a bucket
+    for the media root: keys below its prefix, or s3:// URLs).
 
     Example: python cli.py enqueue thumbnail photos/cat.jpg --size 256 --wait
     """
-    media_root = get_settings().media_root.resolve()
+    settings = get_settings()
     kwargs = thumbnail_kwargs(sizes, fmt)
-    run_enqueue("thumbnail", [((as_argument(path, media_root),), kwargs) for path in paths], **options)
+    run_enqueue("thumbnail", [((as_argument(path, settings),), kwargs) for path in paths], **options)
 
 
 @enqueue.command("api-call")
@@ -229,7 +241,11 @@ def enqueue_thumbnail(
 @click.option("--header", multiple=True, help="A header 'NAME: VALUE'; repeat for several.")
 @click.option("--secret-header", multiple=True, help="NAME=SECRET: header NAME gets $RQKIT_SECRET_<SECRET>.")
 @click.option("--key", help="Idempotency-Key for POST and PATCH (default: from the job's id).")
-@click.option("--store-as", help="Also keep the parsed body in Redis under this key (RQKIT_API_STORE_TTL).")
+@click.option(
+    "--store-as",
+    metavar="NAME",
+    help="Also keep the parsed body in Redis at rqkit:api:store:NAME (for RQKIT_API_STORE_TTL).",
+)
 @enqueue_options
 def enqueue_api_call(
     method: str,
@@ -296,10 +312,10 @@ def enqueue_email(context: tuple[str, ...], attachments: tuple[str, ...], **opti
 
     Example: python cli.py enqueue email --to a@example.com --subject Hi --text Hello
     """
-    media_root = get_settings().media_root.resolve()
+    settings = get_settings()
     message: dict[str, Any] = {
         "context": pairs_of("--var", context),
-        "attachments": [as_argument(path, media_root) for path in attachments],
+        "attachments": [as_argument(path, settings) for path in attachments],
     }
     for field in dataclasses.fields(email.Message):  # the rest of the message's fields, by their names
         if field.name not in message:
@@ -308,16 +324,19 @@ def enqueue_email(context: tuple[str, ...], attachments: tuple[str, ...], **opti
     run_enqueue("email", [((), {name: value for name, value in message.items() if value})], **options)
 
 
-@click.command()
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.command(cls=SafeCommand)
+@click.argument("directory")
 @click.option("--recursive", "-r", is_flag=True, help="Walk the folders below too (hidden ones skipped).")
 @thumbnail_options
 @click.option("--wait", is_flag=True, help="Show the jobs finishing; exit 1 if any failed.")
 @json_output
 def thumbnails(
-    directory: Path, recursive: bool, sizes: tuple[int, ...], fmt: str | None, wait: bool, as_json: bool
+    directory: str, recursive: bool, sizes: tuple[int, ...], fmt: str | None, wait: bool, as_json: bool
 ) -> None:
     """Enqueue a thumbnail job for every image in DIRECTORY whose thumbnails are missing or stale.
+
+    With a bucket for the media root, DIRECTORY is a prefix below it (. for all of it), listed a page
+    at a time.
 
     Example: python cli.py thumbnails photos --recursive --wait
     """
@@ -325,19 +344,23 @@ def thumbnails(
     places = images.Places.from_settings(settings)
     kwargs = thumbnail_kwargs(sizes, fmt)
     spec = images.ThumbnailSpec.build(kwargs.get("sizes"), kwargs.get("format"), settings)
-    root = directory.resolve()
-    if not root.is_relative_to(places.media_root):
-        raise click.UsageError(f"{directory} is outside the media root {places.media_root}")
-    found = list(images.find_images(root, recursive, skip=places.thumbs_root))
-    with click.progressbar(found, label="checking", file=sys.stderr) as bar:
-        calls = [
-            (path,) for path in images.needing_thumbnails(bar, places, spec, settings.thumbnail_max_pixels)
-        ]
+    if isinstance(places.media_root, Path) and not Path(directory).is_dir():
+        raise click.BadParameter(f"{directory!r} is not a folder", param_hint="'DIRECTORY'")
+    try:
+        names = places.media.names(as_argument(directory, settings))
+    except JobInputError as exc:
+        raise click.UsageError(str(exc)) from None
+    found, calls = 0, []
+    with click.progressbar(places.images(names, recursive), label="checking", file=sys.stderr) as bar:
+        for path in bar:  # one listing page in memory at a time, and the images that need work
+            found += 1
+            if not images.is_up_to_date(path, places, spec):
+                calls.append((path,))
     jobs, refused = submit_many("thumbnail", calls, kwargs)
     summary: dict[str, Any] = {
-        "images": len(found),
+        "images": found,
         "enqueued": len(jobs),
-        "up_to_date": len(found) - len(calls),
+        "up_to_date": found - len(calls),
         "refused": [{"path": args[0], "reason": reason} for args, reason in refused],
     }
     if wait and jobs:

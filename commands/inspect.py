@@ -8,14 +8,14 @@ from typing import Any
 
 import click
 
-from commands.common import emit, json_output, json_value, pairs_of
+from commands.common import SafeCommand, SafeGroup, emit, json_output, json_value, pairs_of, say
 from config import redis_client
 from config.rq_classes import STATES
 from jobs import stats
 from ops import actions, views
 
 
-@click.command()
+@click.command(cls=SafeCommand)
 @json_output
 def info(as_json: bool) -> None:
     """Queues (queued, started, scheduled, failed, ...) and workers (state, current job).
@@ -36,7 +36,7 @@ def render_overview(view: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.command("stats")
+@click.command("stats", cls=SafeCommand)
 @json_output
 def show_stats(as_json: bool) -> None:
     """The cached total word counts (one Redis GET each; recount with `enqueue word-count`).
@@ -52,7 +52,7 @@ def show_stats(as_json: bool) -> None:
     )
 
 
-@click.group()
+@click.group(cls=SafeGroup)
 def jobs() -> None:
     """Look into jobs.
 
@@ -87,7 +87,7 @@ def jobs_list(
 
 
 def steered(action: str, job_id: str, as_json: bool) -> None:
-    emit({"id": job_id, "done": action}, as_json, lambda r: f"job {job_id}: {action}")
+    emit({"id": job_id, "done": action}, as_json, lambda r: f"job {r['id']}: {r['done']}")
 
 
 @jobs.command("cancel")
@@ -162,10 +162,11 @@ def jobs_show(job_id: str, as_json: bool) -> None:
             "\n".join(f"{k:<14}{v[k]}" for k in v if k != "traceback" and v[k] is not None)
             + (f"\n\n{v['traceback']}" if v["traceback"] else "")
         ),
+        multiline=("traceback",),
     )
 
 
-@click.group()
+@click.group(cls=SafeGroup)
 def failed() -> None:
     """Failed jobs: grouped, requeued (same id, history kept) or deleted.
 
@@ -224,7 +225,7 @@ def failed_delete(ids: tuple[str, ...], every: bool, job_name: str | None, as_js
     emit({"deleted": done}, as_json, lambda r: f"deleted {len(r['deleted'])} job(s)")
 
 
-@click.group(invoke_without_command=True)
+@click.group(cls=SafeGroup, invoke_without_command=True)
 @json_output
 @click.pass_context
 def workers(ctx: click.Context, as_json: bool) -> None:
@@ -272,7 +273,7 @@ def workers_kill(name: str) -> None:
     Example: python cli.py workers kill 5678b6cf114b44e0b1043fb8881817f9
     """
     job_id = actions.kill_current_job(redis_client(), name)
-    click.echo(f"asked {name} to kill its current job {job_id}")
+    say(f"asked {name} to kill its current job {job_id}")
 
 
 @workers.command("stop")
@@ -283,4 +284,4 @@ def workers_stop(name: str) -> None:
     Example: python cli.py workers stop 5678b6cf114b44e0b1043fb8881817f9
     """
     actions.stop_worker(redis_client(), name)
-    click.echo(f"asked {name} to shut down")
+    say(f"asked {name} to shut down")

@@ -13,10 +13,11 @@ import click
 from commands.common import emit, json_output
 from config import get_settings, redis_client
 from config.connection import answers, redacted_url
+from config.errors import ToolkitError
 from launcher import dashboard as web_dashboard
 from launcher import demo as demo_data
 from launcher import mail_sink
-from launcher.redis_server import check_free
+from launcher.redis_server import LOOPBACK, check_free
 from launcher.stack import Stack
 from launcher.stack import up as run_stack
 from ops import metrics as metrics_server
@@ -29,7 +30,14 @@ from ops import metrics as metrics_server
 )
 @click.option("--dashboard/--no-dashboard", default=True, help="Run rq-dashboard (default: yes).")
 @click.option("--demo", "with_demo", is_flag=True, help="Seed sample data and enqueue a few demo jobs.")
-def up(workers: int | None, scheduler: bool, dashboard: bool, with_demo: bool) -> None:
+@click.option(
+    "--allow-open-redis",
+    is_flag=True,
+    help="Run against a Redis off loopback that has no password (a network limit must protect it).",
+)
+def up(
+    workers: int | None, scheduler: bool, dashboard: bool, with_demo: bool, allow_open_redis: bool
+) -> None:
     """Run everything: Redis (embedded if none answers), workers, rq-scheduler (`python -m scheduler`),
     rq-dashboard and, unless RQKIT_SMTP_HOST is set, the local SMTP sink.
 
@@ -39,7 +47,14 @@ def up(workers: int | None, scheduler: bool, dashboard: bool, with_demo: bool) -
     """
     settings = get_settings()
     sys.exit(
-        run_stack(settings, settings.workers if workers is None else workers, scheduler, dashboard, with_demo)
+        run_stack(
+            settings,
+            settings.workers if workers is None else workers,
+            scheduler,
+            dashboard,
+            with_demo,
+            allow_open_redis,
+        )
     )
 
 
@@ -63,7 +78,8 @@ def run_redis() -> None:
 def dashboard(host: str | None, port: int | None, read_only: bool) -> None:
     """Serve rq-dashboard for the configured Redis, hardened (see launcher/dashboard.py).
 
-    Off loopback it needs RQKIT_DASHBOARD_USERNAME and RQKIT_DASHBOARD_PASSWORD (basic auth).
+    Off loopback it needs RQKIT_DASHBOARD_USERNAME and RQKIT_DASHBOARD_PASSWORD (basic auth). Behind
+    reverse proxies that set X-Forwarded-For, -Proto and -Host, set RQKIT_DASHBOARD_PROXIES to their number.
 
     Example: python cli.py dashboard --read-only
     """
@@ -84,13 +100,32 @@ def metrics(host: str, port: int) -> None:
     """Serve Prometheus metrics at http://HOST:PORT/metrics until Ctrl-C: queue depths per state,
     workers, rqscheduler instances, job runs by job, queue and outcome, job durations.
 
+    Off loopback it needs RQKIT_DASHBOARD_USERNAME and RQKIT_DASHBOARD_PASSWORD (basic auth, as the
+    dashboard); on loopback it asks for none.
+
     Example: python cli.py metrics --port 9182
     """
+    settings = get_settings()
+    loopback = host in LOOPBACK
+    if not loopback and not settings.dashboard_username:
+        raise ToolkitError(
+            f"metrics --host {host} is not loopback: "
+            "set RQKIT_DASHBOARD_USERNAME and RQKIT_DASHBOARD_PASSWORD for basic auth"
+        )
     check_free(host, port, "metrics", "--port")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    metrics_server.serve(redis_client(), host, port, stop, announce=lambda line: click.echo(line, err=True))
+    metrics_server.serve(
+        redis_client(settings),
+        host,
+        port,
+        stop,
+        announce=lambda line: click.echo(line, err=True),
+        loopback=loopback,
+        credentials=None if loopback else (settings.dashboard_username, settings.dashboard_password),
+        redis_url=settings.redis_url,
+    )
 
 
 @click.group()
@@ -185,4 +220,5 @@ def mail_show(message_id: str, as_json: bool) -> None:
                 *(f"[attachment: {name}]" for name in m["attachments"]),
             ]
         ),
+        multiline=("body",),
     )

@@ -7,11 +7,11 @@ from typing import Any
 
 import click
 
-from commands.common import emit, json_output
+from commands.common import SafeGroup, emit, json_output, say
 from scheduler import sync as schedule_store
 
 
-@click.group()
+@click.group(cls=SafeGroup)
 def schedule() -> None:
     """The periodic jobs declared in the settings (`schedule`), kept in rq-scheduler.
 
@@ -27,17 +27,22 @@ def schedule_sync(as_json: bool) -> None:
     Example: python cli.py schedule sync
     """
     changes = asdict(schedule_store.sync())
+    for warning in changes["warnings"]:
+        say(f"warning: {warning}", err=True)
     emit(
         changes,
         as_json,
-        lambda c: "\n".join(f"{kind:<10}{', '.join(names) or '-'}" for kind, names in c.items()),
+        lambda c: "\n".join(
+            f"{kind:<10}{', '.join(c[kind]) or '-'}" for kind in ("added", "updated", "removed", "unchanged")
+        ),
     )
 
 
 @schedule.command("list")
 @json_output
 def schedule_list(as_json: bool) -> None:
-    """Each entry: when, next run (in RQKIT_SCHEDULE_TIMEZONE), last run and its outcome, skips.
+    """Each entry: when, its next due time, its last run (when it was enqueued) and that run's outcome,
+    skips; times in RQKIT_SCHEDULE_TIMEZONE.
 
     Example: python cli.py schedule list --json
     """
@@ -46,12 +51,13 @@ def schedule_list(as_json: bool) -> None:
 
 
 def render_schedule(rows: list[dict[str, Any]]) -> str:
-    head = f"{'entry':<22}{'when':<20}{'next run':<28}{'last run':<28}{'outcome':<10}skipped"
+    head = f"{'entry':<22}{'when':<20}{'next due':<28}{'last run':<37}{'outcome':<10}skipped"
     lines = [head]
     for row in rows:
-        next_run = row["next_run"] or ("disabled" if not row["enabled"] else "not synced")
+        next_due = row["next_due"] or ("disabled" if not row["enabled"] else "not synced")
+        last_run = (row["last_run"] or "-") + (" (by hand)" if row["last_run_by_hand"] else "")
         lines.append(
-            f"{row['name']:<22}{row['when']:<20}{next_run:<28}{row['last_due'] or '-':<28}"
+            f"{row['name']:<22}{row['when']:<20}{next_due:<28}{last_run:<37}"
             f"{row['last_outcome'] or '-':<10}{row['skipped']}"
         )
     return "\n".join(lines)
@@ -60,7 +66,8 @@ def render_schedule(rows: list[dict[str, Any]]) -> str:
 @schedule.command("clear")
 @json_output
 def schedule_clear(as_json: bool) -> None:
-    """Remove every entry the toolkit synced (jobs scheduled by others stay).
+    """Remove every entry the toolkit synced and the record of their runs, by hand too (jobs scheduled by
+    others, and runs already enqueued, stay).
 
     Example: python cli.py schedule clear
     """
@@ -79,5 +86,5 @@ def schedule_run(name: str, as_json: bool) -> None:
     emit(
         {"entry": name, "id": job.id, "queue": job.origin},
         as_json,
-        lambda r: f"{name}: enqueued as job {r['id']} on {r['queue']}",
+        lambda r: f"{r['entry']}: enqueued as job {r['id']} on {r['queue']}",
     )

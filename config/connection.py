@@ -3,49 +3,88 @@
 from __future__ import annotations
 
 from functools import cache
-from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
 from redis.exceptions import ConnectionError, TimeoutError
+from redis.sentinel import SentinelConnectionPool
 
 from config.errors import ToolkitError
+from config.outage import REDIS_DOWN, server_reply
+from config.sentinel import SCHEME as SENTINEL_SCHEME
+from config.sentinel import is_sentinel_url, master_client
 from config.settings import Settings, get_settings
+from config.urls import redacted_url
 
 # Key prefixes that belong to RQ and to the toolkit: no job, store or sweep may write or delete under them.
 RESERVED_PREFIXES = ("rq:", "rqkit:")
 
 
 class RedisUnavailable(ToolkitError):
-    """Nothing answers at the configured Redis URL."""
+    """Nothing answers at the configured Redis URL, or it takes no write for now."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(f"Redis is not reachable at {redacted_url(url)}")
+    def __init__(self, url: str, cause: BaseException | None = None) -> None:
+        if cause is None or isinstance(cause, REDIS_DOWN):
+            super().__init__(f"Redis is not reachable at {redacted_url(url)}")
+        else:  # NOREPLICAS, READONLY: nothing was written; the same call may succeed in a moment
+            reply = server_reply(cause)
+            super().__init__(f"Redis at {redacted_url(url)} takes no writes for now ({reply}); try again")
 
 
 def redis_client(settings: Settings | None = None) -> Redis:
     """The client for the configured Redis, shared by the process (it connects on first use)."""
     settings = settings or get_settings()
-    return client_for(settings.redis_url, settings.redis_connect_timeout)
+    timeouts = (settings.redis_connect_timeout, settings.redis_timeout)
+    return client_for(settings.redis_url, timeouts, settings.redis_password, settings.sentinel_password)
 
 
 @cache
-def client_for(url: str, connect_timeout: float) -> Redis:
-    """One client, and so one connection pool, per URL: reusing connections is most of the speed."""
-    return Redis.from_url(url, socket_connect_timeout=connect_timeout, health_check_interval=30)
+def client_for(
+    url: str, timeouts: tuple[float, float], password: str = "", sentinel_password: str = ""
+) -> Redis:
+    """One client, and so one connection pool, per URL: reusing connections is most of the speed. For a
+    redis+sentinel URL, a client of the current master, which follows it through a failover. `timeouts`:
+    to connect, and for a reply (a stalled server is an error, not a hang)."""
+    if is_sentinel_url(url):
+        return master_client(url, password, sentinel_password, *timeouts)
+    connect, reply = timeouts
+    return Redis.from_url(url, socket_connect_timeout=connect, socket_timeout=reply, health_check_interval=30)
 
 
 def separate_client(client: Redis) -> Redis:
     """A client of the same server with a connection pool of its own (a socket nobody else shares)."""
     pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        kwargs = {name: value for name, value in pool.connection_kwargs.items() if name != "connection_pool"}
+        own = SentinelConnectionPool(
+            pool.service_name,
+            pool.sentinel_manager,
+            is_master=pool.is_master,
+            check_connection=pool.check_connection,
+            connection_class=pool.connection_class,
+            **kwargs,
+        )
+        return Redis(connection_pool=own)
     return Redis(connection_pool=type(pool)(pool.connection_class, **pool.connection_kwargs))
 
 
-def answers(url: str, timeout: float = 1.0) -> bool:
-    """Whether a Redis server answers PING at `url` (a throw-away client, closed at once)."""
-    client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+def reconnect(client: Redis) -> None:
+    """Drop the client's idle connections, so that the next command connects afresh: for a
+    redis+sentinel URL, to the master the sentinels name now (a master that a failover left behind
+    refuses writes, or misses replicas, but keeps its connections)."""
+    client.connection_pool.disconnect(inuse_connections=False)
+
+
+def answers(url: str, timeout: float = 1.0, settings: Settings | None = None) -> bool:
+    """Whether a Redis server answers PING at `url` (a throw-away client, closed at once); for a
+    redis+sentinel URL, whether the sentinels name a master that answers."""
+    if is_sentinel_url(url):
+        settings = settings or get_settings()
+        client = master_client(url, settings.redis_password, settings.sentinel_password, timeout, timeout)
+    else:
+        client = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         return bool(client.ping())
-    except (ConnectionError, OSError):
+    except (ConnectionError, TimeoutError, OSError):
         return False
     finally:
         client.close()
@@ -61,17 +100,14 @@ def ping(connection: Redis) -> None:
 
 def url_of(connection: Redis) -> str:
     """Rebuild a (password-free) URL from a client, for messages."""
-    kwargs = connection.connection_pool.connection_kwargs
+    pool = connection.connection_pool
+    kwargs = pool.connection_kwargs
+    if isinstance(pool, SentinelConnectionPool):
+        sentinels = ",".join(
+            "{host}:{port}".format(**sentinel.connection_pool.connection_kwargs)
+            for sentinel in pool.sentinel_manager.sentinels
+        )
+        return f"{SENTINEL_SCHEME}://{sentinels}/{pool.service_name}/{kwargs.get('db', 0)}"
     if "path" in kwargs:
         return f"unix://{kwargs['path']}"
     return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
-
-
-def redacted_url(url: str) -> str:
-    """The URL with any password replaced by ***, safe for logs and messages."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    user = f"{parts.username}:" if parts.username else ":"
-    netloc = f"{user}***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))

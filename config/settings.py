@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import tomllib
@@ -12,15 +11,17 @@ from email.utils import parseaddr
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from config.errors import ConfigError
+from config.sentinel import check_redis_url
+from config.storage import Location, S3Location, check_endpoint, is_s3, parse_s3
+from config.tables import to_tables
+from config.urls import has_credentials
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config" / "settings.toml"
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # for every entry point that logs
 
 
@@ -37,11 +38,23 @@ class Settings:
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 9181
     dashboard_read_only: bool = False  # refuse requeue, delete, empty and compact
+    dashboard_proxies: int = 0  # proxies in front of it that set X-Forwarded-* (werkzeug's ProxyFix)
     serializer: str = "pickle"  # how RQ stores job arguments, results and meta: pickle or json
+    job_functions: tuple[str, ...] = ()  # the operator's own, beside the registry's (workers/allowed.py)
     redis_connect_timeout: float = 2.0
+    redis_timeout: float = 10.0  # for a reply: a stalled Redis is an error to a producer, not a hang
+    # Replicas every enqueue (and every once-only claim) must reach before it counts as done, checked
+    # with Redis's WAIT: 0 is off (config/durable.py, docs/fleet.md).
+    durable_replicas: int = 0
+    durable_timeout: float = 1.0  # seconds to wait for them; then the caller gets an error
     log_level: str = "INFO"
-    media_root: Path = dataclasses.field(default_factory=Path.cwd)  # where job paths may point
-    thumbnails_dir: Path | None = None  # default: var_dir/thumbnails
+    # where job paths may point, and where thumbnails go: folders, or s3://bucket/prefix (config/storage.py)
+    media_root: Path | S3Location = dataclasses.field(default_factory=Path.cwd)
+    thumbnails_dir: Path | S3Location | None = None  # default: var_dir/thumbnails
+    s3_endpoint_url: str = ""  # an S3-compatible store's address; empty: AWS's own
+    s3_region: str = ""  # empty: boto3's (AWS_DEFAULT_REGION), else us-east-1
+    s3_timeout: float = 30.0  # seconds to connect, and for each read of a reply
+    s3_max_attempts: int = 3  # tries of one request (boto3's standard retries); then the job's own
     thumbnail_sizes: tuple[int, ...] = (128, 256, 1024)
     thumbnail_format: str = "auto"  # jpeg, png, webp, or auto: png for sources with alpha, else jpeg
     thumbnail_quality: int = 85
@@ -83,7 +96,8 @@ class Settings:
             "expire-sessions": {"job": "expire-sessions", "cron": "0 * * * *", "description": "hourly"},
             "sweep-caches": {"job": "sweep-cache", "cron": "30 3 * * *", "description": "nightly"},
             "prune-tags": {"job": "prune-tags", "cron": "15 * * * *", "description": "hourly"},
-            # RQ's scheduled registries, where a bare `rq worker` has no scheduler (jobs/scheduled.py)
+            # RQ's scheduled registries, where a bare `rq worker` has no scheduler (jobs/scheduled.py),
+            # and the jobs a worker's blocking pop took and never received (jobs/orphans.py)
             "release-due": {"job": "release-due", "every": 60, "description": "every minute"},
             "word-count-comment": {"job": "word-count", "args": ["comment"], "every": 600},
             "word-count-article": {"job": "word-count", "args": ["article"], "every": 600},
@@ -92,12 +106,15 @@ class Settings:
     schedule_timezone: str = "UTC"  # cron entries are read in this zone, whatever the host's TZ
     # Secrets: environment only, never read from the TOML file.
     dashboard_username: str = ""
-    dashboard_password: str = ""
+    dashboard_password: str = dataclasses.field(default="", repr=False)
     smtp_username: str = ""
-    smtp_password: str = ""
+    smtp_password: str = dataclasses.field(default="", repr=False)
+    # for a redis+sentinel URL: the master's (a redis:// URL carries its own), and the sentinels' own
+    redis_password: str = dataclasses.field(default="", repr=False)
+    sentinel_password: str = dataclasses.field(default="", repr=False)
 
     @property
-    def thumbnails_root(self) -> Path:
+    def thumbnails_root(self) -> Location:
         """Where thumbnails go: thumbnails_dir, else var_dir/thumbnails."""
         return self.thumbnails_dir or self.var_dir / "thumbnails"
 
@@ -129,18 +146,10 @@ class Settings:
         return self.database_url or f"sqlite:///{self.var_dir / 'content.db'}"
 
 
-SECRETS = frozenset({"dashboard_username", "dashboard_password", "smtp_username", "smtp_password"})
-BOOLEANS = {
-    "1": True,
-    "true": True,
-    "yes": True,
-    "on": True,
-    "0": False,
-    "false": False,
-    "no": False,
-    "off": False,
-}
+BOOLEANS = dict.fromkeys(("1", "true", "yes", "on"), True) | dict.fromkeys(("0", "false", "no", "off"), False)
 SMTP_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+# A function (`module.function`), every function of one module (`module.*`), or any function (`*`).
+JOB_FUNCTION = re.compile(r"^(\*|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\.([A-Za-z_]\w*|\*))$")
 RATE_LIMIT = re.compile(r"^(?P<host>[^=\s]+)=(?P<count>0*[1-9]\d*(?:\.\d+)?|0*\.\d*[1-9]\d*)/(?P<unit>[sm])$")
 # Conventional names first; RQ_REDIS_URL is what the stock `rq` commands read.
 ENV_NAMES: dict[str, tuple[str, ...]] = {
@@ -148,6 +157,12 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "database_url": ("DATABASE_URL",),
 }
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+SECRETS = frozenset(name for name in FIELDS if name.endswith(("_username", "_password")))
+# Tables of named entries: the file's add to the defaults or replace one by name; the environment's
+# JSON replaces the whole setting. `enabled = false` switches an entry off: a schedule entry stays,
+# shown as disabled and never synced; a store or target is dropped.
+TABLES = ("schedule", "session_stores", "cache_targets")
+SWITCHED_TABLES = ("session_stores", "cache_targets")
 
 
 def env_names(field: str) -> tuple[str, ...]:
@@ -159,20 +174,49 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
     """Build settings from defaults, the TOML file and `env`; raise ConfigError naming a bad one."""
     values: dict[str, Any] = {}
     for key, raw in read_config_file(env).items():
-        values[key] = convert(key, raw, f"{key} in the config file")
+        value = convert(key, raw, f"{key} in the config file")
+        values[key] = over_defaults(key, value) if key in TABLES else value
     for name in FIELDS:
         for var in env_names(name):
             if var in env:
-                values[name] = convert(name, env[var], var)
+                values[name] = convert(name, env[var], var)  # the environment replaces a table whole
                 break
+    for name in SWITCHED_TABLES:
+        if name in values:
+            values[name] = switched_on(values[name])
     settings = Settings(**values)
     validate(settings)
     return settings
 
 
+def over_defaults(name: str, tables: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The file's tables over the default ones: a new name adds an entry, a default's name replaces that
+    entry whole, and a table of nothing but `enabled` switches the default of its name on or off."""
+    factory = FIELDS[name].default_factory
+    assert callable(factory), name
+    merged: dict[str, dict[str, Any]] = factory()
+    for key, table in tables.items():
+        merged[key] = {**merged.get(key, {}), **table} if set(table) == {"enabled"} else table
+    return merged
+
+
+def switched_on(tables: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The entries not switched off, without the switch (the maintenance jobs know no `enabled`)."""
+    return {
+        name: {key: value for key, value in table.items() if key != "enabled"}
+        for name, table in tables.items()
+        if table.get("enabled", True)
+    }
+
+
+def config_file(env: Mapping[str, str] = os.environ) -> Path:
+    """The settings file in use: the one RQKIT_CONFIG names, else config/settings.toml."""
+    return Path(env["RQKIT_CONFIG"]) if env.get("RQKIT_CONFIG") else DEFAULT_CONFIG_FILE
+
+
 def read_config_file(env: Mapping[str, str]) -> dict[str, Any]:
     """The TOML file named by RQKIT_CONFIG, else config/settings.toml if it exists."""
-    path = Path(env["RQKIT_CONFIG"]) if env.get("RQKIT_CONFIG") else DEFAULT_CONFIG_FILE
+    path = config_file(env)
     if not path.exists():
         if env.get("RQKIT_CONFIG"):
             raise ConfigError(f"RQKIT_CONFIG: no such file: {path}")
@@ -197,9 +241,10 @@ def read_config_file(env: Mapping[str, str]) -> dict[str, Any]:
             if isinstance(store, dict)
         }
     for name, url in urls.items():
-        if isinstance(url, str) and urlsplit(url).password:
+        if isinstance(url, str) and has_credentials(url):
             raise ConfigError(
-                f"{name} in {path}: a URL with a password belongs in the environment, not this file"
+                f"{name} in {path}: a URL with a password (or another credential) belongs in the "
+                "environment, not this file"
             )
     return data
 
@@ -220,7 +265,9 @@ def convert(name: str, raw: Any, source: str) -> Any:
             return int(raw)
         if kind == "float" and not isinstance(raw, bool):
             return float(raw)
-        if kind in ("Path", "Path | None"):
+        if kind in ("Path | S3Location", "Path | S3Location | None") and is_s3(str(raw)):
+            return parse_s3(str(raw), source)
+        if kind in ("Path", "Path | None", "Path | S3Location", "Path | S3Location | None"):
             return Path(str(raw)).expanduser().resolve()
         if kind == "str" and isinstance(raw, str):
             return raw
@@ -230,41 +277,22 @@ def convert(name: str, raw: Any, source: str) -> Any:
         "tuple[str, ...]": "a list of names",
         "tuple[int, ...]": "a list of numbers",
         "Path | None": "a path",
+        "Path | S3Location": "a path or s3://bucket/prefix",
+        "Path | S3Location | None": "a path or s3://bucket/prefix",
         "bool": "true or false",
         "dict[str, dict[str, Any]]": "tables of name = {field = value} (JSON in the environment)",
     }
     raise ConfigError(f"{source}: expected {expected.get(kind, kind)}, got {raw!r}")
 
 
-def to_tables(raw: Any, source: str) -> dict[str, dict[str, Any]]:
-    """A table of tables, from TOML as it is or from JSON in the environment."""
-    try:
-        table = json.loads(raw, object_pairs_hook=unique_keys) if isinstance(raw, str) else raw
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    if isinstance(table, dict) and all(isinstance(entry, dict) for entry in table.values()):
-        return table
-    raise ValueError(raw)
-
-
-def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object, refused if a name appears twice (json.loads would keep the last silently)."""
-    names = [name for name, _ in pairs]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"{', '.join(repeated)} given twice")
-    return dict(pairs)
-
-
 def validate(settings: Settings) -> None:
     """Check values that have the right type but make no sense."""
-    scheme = urlsplit(settings.redis_url).scheme
-    if scheme not in REDIS_SCHEMES:
-        raise ConfigError(f"REDIS_URL: scheme must be one of {', '.join(REDIS_SCHEMES)}, got {scheme!r}")
+    check_redis_url(settings.redis_url, bool(settings.redis_password or settings.sentinel_password))
     if settings.database_url and "://" not in settings.database_url:
-        raise ConfigError(f"DATABASE_URL: not a database URL: {settings.database_url!r}")
-    if not settings.media_root.is_dir():
+        raise ConfigError("DATABASE_URL: not a database URL (dialect://user@host/name)")
+    if isinstance(settings.media_root, Path) and not settings.media_root.is_dir():
         raise ConfigError(f"RQKIT_MEDIA_ROOT: not a directory: {settings.media_root}")
+    check_endpoint(settings.s3_endpoint_url)
     if not settings.queues:
         raise ConfigError("RQKIT_QUEUES: at least one queue is needed")
     for queue in settings.queues:
@@ -272,10 +300,25 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"RQKIT_QUEUES: bad queue name {queue!r} (letters, digits, - and _ only)")
     checks = [
         ("workers", settings.workers >= 1, "at least 1"),
+        ("dashboard_proxies", 0 <= settings.dashboard_proxies <= 5, "a count of proxies from 0 to 5"),
+        (
+            "job_functions",
+            all(JOB_FUNCTION.match(path) for path in settings.job_functions),
+            "dotted paths like myapp.jobs.send_report or myapp.jobs.* (or * for any function)",
+        ),
         ("scheduler_interval", settings.scheduler_interval > 0, "positive"),
         ("dashboard_port", 1 <= settings.dashboard_port <= 65535, "a port number"),
         ("serializer", settings.serializer in ("pickle", "json"), "pickle or json"),
         ("redis_connect_timeout", settings.redis_connect_timeout > 0, "positive"),
+        ("redis_timeout", settings.redis_timeout > 0, "positive"),
+        ("s3_timeout", settings.s3_timeout > 0, "positive"),
+        ("s3_max_attempts", 1 <= settings.s3_max_attempts <= 20, "from 1 to 20"),
+        (
+            "durable_replicas",
+            0 <= settings.durable_replicas <= 100,
+            "a count of replicas from 0 (off) to 100",
+        ),
+        ("durable_timeout", 0 < settings.durable_timeout <= 60, "seconds, more than 0 and at most 60"),
         ("log_level", settings.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "a log level"),
         (
             "thumbnail_sizes",
@@ -335,6 +378,8 @@ def validate(settings: Settings) -> None:
     for name, ok, expected in checks:
         if not ok:
             raise ConfigError(f"{env_names(name)[0]}: must be {expected}, got {getattr(settings, name)!r}")
+    if settings.durable_timeout >= settings.redis_timeout:
+        raise ConfigError("RQKIT_DURABLE_TIMEOUT must be shorter than RQKIT_REDIS_TIMEOUT (a reply's wait)")
     if bool(settings.dashboard_username) != bool(settings.dashboard_password):
         raise ConfigError("RQKIT_DASHBOARD_USERNAME and RQKIT_DASHBOARD_PASSWORD go together")
 

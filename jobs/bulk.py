@@ -21,6 +21,8 @@ from rq import Queue
 from rq.job import Job
 from rq.utils import now
 
+from config.durable import check_reached
+
 # KEYS: rq:queues, the queue's key, then one key per job.
 # ARGV: the job key prefix, the number of shared fields, their names and values, then data and
 # description per job. The batch is atomic, as RQ's enqueue_many in a MULTI is.
@@ -158,6 +160,7 @@ def enqueue_calls(
             unread = 1
         if unread:
             connection.read_response()
+        check_reached(connection, f"the bulk enqueue of {len(calls)} jobs")
     except BaseException:
         connection.disconnect()  # a reply may be left unread: the next user of it starts afresh
         raise

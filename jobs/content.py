@@ -55,8 +55,8 @@ def database_engine(url: str) -> Engine:
     """An engine for any SQLAlchemy URL (a SQLite file's folder is made); nothing is created in it."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigError(f"database URL {url!r}: {exc}") from exc
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise ConfigError("the database URL is not a SQLAlchemy URL (dialect://user@host/name)") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     return sqlalchemy_engine(parsed)

@@ -7,13 +7,10 @@ import json
 import logging
 import mimetypes
 import re
-import smtplib
-import ssl
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -26,22 +23,30 @@ from jinja2 import (
     select_autoescape,
 )
 from redis import Redis
-from rq.utils import as_text
+from rq import get_current_job
 
 from config import Settings, get_settings, redis_client
+from config.durable import NotDurable
 from config.settings import PROJECT_ROOT
-from jobs.errors import JobInputError, RejectedError, UpstreamError
+from jobs.email_records import Records, deliver
+from jobs.errors import JobInputError, UpstreamError
+from jobs.files import bad_character, is_text
 from jobs.locks import exclusive
-from jobs.media import inside_media_root
+from jobs.media import media_tree, read_files
 from jobs.runtime import retry_only_transient
+from jobs.smtp import tls_context
 
 logger = logging.getLogger(__name__)
 
 TEMPLATES = PROJECT_ROOT / "templates" / "email"
 JOB_TIMEOUT = 300
 LOCK_SECONDS = JOB_TIMEOUT + 60  # outlasts the job: no second sender while this one may still send
-TEMPLATE_NAME = re.compile(r"^[a-z0-9_-]+$")
-Reply = tuple[int, str]
+TEMPLATE_NAME = re.compile(r"[a-z0-9_-]{1,64}")
+MAX_RECIPIENTS = 100  # to, cc and bcc together (and reply_to on its own): more is a mailing, not a message
+MAX_ATTACHMENTS = 20  # together within email_max_attachment_mb
+MAX_SUBJECT = 998  # characters: RFC 5322's longest line
+MAX_BODY_BYTES = 2**20  # the text and the HTML part, each, in UTF-8
+MAX_KEY = 1000  # characters of an idempotency key
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ class Draft:
     subject: str
     text: str | None
     html: str | None
-    attachments: list[Path] = field(default_factory=list)
+    attachments: list[tuple[str, bytes]] = field(default_factory=list)  # names and contents
     key: str = ""
 
     @property
@@ -84,7 +89,7 @@ class Message:
 def send_email(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """Job: send one message (the fields of a Message), at most once per idempotency key."""
     settings = get_settings()
-    draft = prepare(settings, Message(*args, **kwargs))
+    draft = prepare(settings, message_of(args, kwargs))
     report = deliver_once(draft, build_message(draft, settings), redis_client(settings), settings)
     logger.info("%s: %s to %d recipient(s)", draft.key[:12], report["status"], len(report["accepted"]))
     return report
@@ -92,7 +97,15 @@ def send_email(*args: Any, **kwargs: Any) -> dict[str, Any]:
 
 def check_email(*args: Any, **kwargs: Any) -> None:
     """Enqueue-time check: everything that can be known before sending."""
-    prepare(get_settings(), Message(*args, **kwargs))
+    prepare(get_settings(), message_of(args, kwargs))
+
+
+def message_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Message:
+    """The job's arguments as a Message, or one line saying which don't fit."""
+    try:
+        return Message(*args, **kwargs)
+    except TypeError as exc:
+        raise JobInputError(f"email: {exc}") from None
 
 
 def warm_up(settings: Settings) -> None:
@@ -103,16 +116,7 @@ def warm_up(settings: Settings) -> None:
 
 def prepare(settings: Settings, message: Message) -> Draft:
     """Check every part of a message and render its template; raise JobInputError naming what is wrong."""
-    for name, kind in [
-        ("text", str),
-        ("html", str),
-        ("template", str),
-        ("context", dict),
-        ("attachments", list),
-    ]:
-        value = getattr(message, name)
-        if value is not None and not isinstance(value, kind):
-            raise JobInputError(f"email: {name} must be a {kind.__name__}, got {value!r}")
+    check_kinds(message)
     subject, text, html = message.subject, message.text, message.html
     if message.template is not None:
         rendered = render_template(message.template, message.context or {})
@@ -122,22 +126,41 @@ def prepare(settings: Settings, message: Message) -> Draft:
         raise JobInputError("email: a subject is needed (or a template that has one)")
     if not text and not html:
         raise JobInputError("email: give text, html or a template")
+    tree = media_tree(settings, "email: attachment")
+    files = read_files(message.attachments or [], tree, MAX_ATTACHMENTS, settings.email_max_attachment_mb)
     draft = Draft(
         to=addresses(message.to, "to", required=True),
         cc=addresses(message.cc, "cc"),
         bcc=addresses(message.bcc, "bcc"),
         reply_to=addresses(message.reply_to, "reply_to"),
         subject=header_value(subject, "subject"),
-        text=text,
-        html=html,
-        attachments=[attachment(path, settings) for path in message.attachments or []],
+        text=body(text, "text"),
+        html=body(html, "html"),
+        attachments=files,
     )
+    if len(draft.recipients) > MAX_RECIPIENTS:
+        count = len(draft.recipients)
+        raise JobInputError(f"email: {count} recipients (to, cc, bcc); at most {MAX_RECIPIENTS} per message")
+    return replace(draft, key=idempotency_key(message, draft))
+
+
+def check_kinds(message: Message) -> None:
+    """The fields that must be of one type, when given."""
+    kinds = {"text": str, "html": str, "template": str, "context": dict, "attachments": list}
+    for name, kind in kinds.items():
+        value = getattr(message, name)
+        if value is not None and not isinstance(value, kind):
+            raise JobInputError(f"email: {name} must be a {kind.__name__}, got {value!r}")
+
+
+def idempotency_key(message: Message, draft: Draft) -> str:
+    """The caller's key, or one derived from the content and the recipients."""
     key = message.idempotency_key
     if key is None:
-        key = derived_key(draft, message.template, message.context)
-    if not isinstance(key, str) or not key.strip():
-        raise JobInputError(f"email: idempotency_key must be a non-empty string, got {key!r}")
-    return replace(draft, key=key)
+        return derived_key(draft, message.template, message.context)
+    if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY:
+        raise JobInputError(f"email: idempotency_key must be a non-empty string, {MAX_KEY} long at most")
+    return key
 
 
 def addresses(value: str | list[str] | None, header: str, required: bool = False) -> list[str]:
@@ -147,6 +170,8 @@ def addresses(value: str | list[str] | None, header: str, required: bool = False
     items = [value] if isinstance(value, str) else list(value or [])
     if required and not items:
         raise JobInputError(f"email: {header}: at least one address is needed")
+    if len(items) > MAX_RECIPIENTS:
+        raise JobInputError(f"email: {header}: {len(items)} addresses; at most {MAX_RECIPIENTS} per message")
     checked = []
     for item in items:
         if not isinstance(item, str):
@@ -159,24 +184,28 @@ def addresses(value: str | list[str] | None, header: str, required: bool = False
 
 
 def header_value(value: object, header: str) -> str:
-    """A header's text, refused if it could inject another header."""
+    """A header's text, refused if it could break its line (and so inject another header)."""
     if not isinstance(value, str):
         raise JobInputError(f"email: {header} must be text, got {value!r}")
-    if "\r" in value or "\n" in value:
-        raise JobInputError(f"email: {header} must be one line (a newline there could inject headers)")
+    char = bad_character(value)
+    if char is not None:
+        raise JobInputError(
+            f"email: {header} must be one line of text, without {char!r} (it could inject headers)"
+        )
+    if len(value) > MAX_SUBJECT:
+        raise JobInputError(f"email: {header} is over {MAX_SUBJECT} characters")
     return value
 
 
-def attachment(path: object, settings: Settings) -> Path:
-    """An existing file under the media root, within the size limit."""
-    if not isinstance(path, str) or not path:
-        raise JobInputError(f"email: an attachment must be a path, got {path!r}")
-    resolved = inside_media_root(path, settings.media_root.resolve(), "email: attachment")
-    if not resolved.is_file():
-        raise JobInputError(f"email: attachment not found: {path}")
-    if resolved.stat().st_size > settings.email_max_attachment_mb * 2**20:
-        raise JobInputError(f"email: attachment {path} is over {settings.email_max_attachment_mb} MB")
-    return resolved
+def body(value: str | None, part: str) -> str | None:
+    """A body part that can be encoded and sent: UTF-8 text, no NUL, within MAX_BODY_BYTES."""
+    if value is None:
+        return None
+    if "\x00" in value or not is_text(value):
+        raise JobInputError(f"email: {part} must be UTF-8 text without NUL (no lone surrogates)")
+    if len(value.encode()) > MAX_BODY_BYTES:
+        raise JobInputError(f"email: {part} is over {MAX_BODY_BYTES // 1024} KB")
+    return value
 
 
 @cache
@@ -192,7 +221,7 @@ def templates() -> Environment:
 
 def render_template(name: str, context: dict[str, Any]) -> dict[str, str | None]:
     """The template's subject, text and HTML parts rendered with `context`."""
-    if not isinstance(name, str) or not TEMPLATE_NAME.match(name) or not (TEMPLATES / name).is_dir():
+    if not isinstance(name, str) or not TEMPLATE_NAME.fullmatch(name) or not (TEMPLATES / name).is_dir():
         known = ", ".join(sorted(p.name for p in TEMPLATES.iterdir() if p.is_dir()))
         raise JobInputError(f"email: no template {name!r} (known: {known})")
     if not isinstance(context, dict):
@@ -212,9 +241,7 @@ def render_template(name: str, context: dict[str, Any]) -> dict[str, str | None]
 def derived_key(draft: Draft, template: str | None, context: dict[str, Any] | None) -> str:
     """A key from the content and the recipients: the same message to the same people is one message."""
     content = [draft.to, draft.cc, draft.bcc, draft.subject, draft.text, draft.html, template, context]
-    content.append(
-        [hashlib.sha256(path.read_bytes()).hexdigest() for path in draft.attachments]
-    )  # content, not name
+    content.append([hashlib.sha256(data).hexdigest() for _, data in draft.attachments])  # content, not name
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -241,131 +268,23 @@ def build_message(draft: Draft, settings: Settings) -> EmailMessage:
             message.add_alternative(draft.html, subtype="html")
     else:
         message.set_content(draft.html or "", subtype="html")
-    for path in draft.attachments:
-        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    for name, data in draft.attachments:
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
         maintype, subtype = kind.split("/", 1)
-        message.add_attachment(path.read_bytes(), maintype=maintype, subtype=subtype, filename=path.name)
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
     return message
 
 
 def deliver_once(
     draft: Draft, message: EmailMessage, connection: Redis, settings: Settings
 ) -> dict[str, Any]:
-    """Send to the recipients not yet accepted for this key; remember who accepted, and that it is sent."""
+    """Send to the recipients not yet accepted for this key, in its lock (jobs/email_records.py)."""
     key = digest(draft.key)
-    sent, accepted_set = (f"rqkit:email:{part}:{key}" for part in ("sent", "accepted"))
-    with exclusive(connection, f"rqkit:email:lock:{key}", LOCK_SECONDS) as locked:
-        if not locked:
-            raise UpstreamError("email: another job is sending this message right now")
-        with connection.pipeline(transaction=False) as pipe:
-            pipe.get(sent)
-            pipe.smembers(accepted_set)
-            previous, members = pipe.execute()
-        if previous:
-            return {**json.loads(previous), "status": "already sent"}
-        done = {as_text(member) for member in members}
-        remaining = [address for address in draft.recipients if address not in done]
-        refused = send(message, remaining, settings) if remaining else {}
-        accepted = [address for address in remaining if address not in refused]
-        later = {address: reply for address, reply in refused.items() if reply[0] < 500}
-        everyone = sorted(done | set(accepted))
-        record: dict[str, Any] = {"key": draft.key, "message_id": message["Message-ID"], "accepted": everyone}
-        remember(
-            connection, accepted_set, accepted, sent, record if everyone and not later else None, settings
-        )
-        if later:
-            raise UpstreamError(f"email: will retry {describe_refusals(later)}")
-        if refused:
-            delivered = f" (delivered to {', '.join(everyone)})" if everyone else ""
-            raise RejectedError(f"email: refused {describe_refusals(refused)}{delivered}")
-        return {**record, "status": "sent"}
-
-
-def remember(
-    connection: Redis,
-    accepted_set: str,
-    accepted: list[str],
-    sent: str,
-    record: dict[str, Any] | None,
-    settings: Settings,
-) -> None:
-    """Record who accepted and, once nobody is left to retry, that the message is sent: one transaction."""
-    ttl = settings.email_sent_days * 86400
-    with connection.pipeline() as pipe:
-        if accepted:
-            pipe.sadd(accepted_set, *accepted)
-            pipe.expire(accepted_set, ttl)
-        if record:
-            pipe.set(sent, json.dumps(record), ex=ttl)
-        pipe.execute()
-
-
-def describe_refusals(refused: dict[str, Reply]) -> str:
-    return "; ".join(f"{address}: {code} {text}" for address, (code, text) in refused.items())
-
-
-def send(message: EmailMessage, recipients: list[str], settings: Settings) -> dict[str, Reply]:
-    """Send over SMTP; the recipients the server refused, with its reply. Raise per the failure policy."""
-    host, port, security = settings.smtp_server
-    sender = parseaddr(settings.email_sender)[1]
+    run = getattr(get_current_job(), "id", None)  # a rerun of the same job takes over its lock
     try:
-        client = connect(host, port, security, settings)
-        try:
-            refused = client.send_message(message, from_addr=sender, to_addrs=recipients)
-        finally:
-            hang_up(client)
-    except smtplib.SMTPRecipientsRefused as exc:
-        refused = exc.recipients  # every one refused: each with its own reply
-    except smtplib.SMTPResponseException as exc:
-        raise by_reply(exc.smtp_code, exc.smtp_error, f"{host}:{port}") from None
-    except ssl.SSLCertVerificationError as exc:
-        raise RejectedError(
-            f"email: the TLS certificate of {host}:{port} is not trusted: {exc.verify_message}"
-        ) from None
-    except smtplib.SMTPNotSupportedError as exc:
-        raise RejectedError(f"email: {host}:{port}: {exc}") from None
-    except (smtplib.SMTPException, OSError) as exc:
-        raise UpstreamError(f"email: cannot talk to {host}:{port}: {exc or type(exc).__name__}") from None
-    return {address: (code, as_text(text)) for address, (code, text) in refused.items()}
-
-
-def hang_up(client: smtplib.SMTP) -> None:
-    """QUIT, ignoring its reply: once DATA was accepted, a bad goodbye must not make us send again."""
-    try:
-        client.quit()
-    except (smtplib.SMTPException, OSError):
-        client.close()
-
-
-def by_reply(code: int, text: bytes | str, server: str) -> Exception:
-    """4xx replies (and the odd non-SMTP code) are transient; 5xx are permanent, reason = the reply."""
-    reply = f"{code} {as_text(text)}"
-    if 500 <= code < 600:
-        return RejectedError(f"email: {server} refused: {reply}")
-    return UpstreamError(f"email: {server} answered {reply}")
-
-
-@cache
-def tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """Verifies the certificate and the host name. Made once: loading the CA bundle takes some 17 ms."""
-    return ssl.create_default_context(cafile=ca_file)
-
-
-def connect(host: str, port: int, security: str, settings: Settings) -> smtplib.SMTP:
-    """A logged-in client; TLS verifies the certificate and the host name."""
-    timeout = settings.smtp_timeout
-    if security == "ssl":
-        client: smtplib.SMTP = smtplib.SMTP_SSL(
-            host, port, timeout=timeout, context=tls_context(settings.smtp_ca_file)
-        )
-    else:
-        client = smtplib.SMTP(host, port, timeout=timeout)
-    try:
-        if security == "starttls":
-            client.starttls(context=tls_context(settings.smtp_ca_file))
-        if settings.smtp_username:
-            client.login(settings.smtp_username, settings.smtp_password)
-    except BaseException:
-        client.close()
-        raise
-    return client
+        with exclusive(connection, f"rqkit:email:lock:{key}", LOCK_SECONDS, run, durable=True) as locked:
+            if not locked:
+                raise UpstreamError("email: another job is sending this message right now")
+            return deliver(draft.key, draft.recipients, message, Records(connection, key, run, settings))
+    except NotDurable as exc:  # not sent: a failover could lose the claim, and run this job again
+        raise UpstreamError(f"email: not sent, {exc}") from None

@@ -4,37 +4,29 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import uuid
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
-from rq.timeouts import BaseTimeoutException
 
 from config import Settings, get_settings
+from jobs import objects
 from jobs.errors import JobInputError, ToolkitError
-from jobs.media import TEMP_PREFIX, inside_media_root
+from jobs.files import Names
+from jobs.image_places import NOT_THE_FILES_FAULT, Places
 from jobs.runtime import memory_cap, retry_only_transient
 
 logger = logging.getLogger(__name__)
 
 Image.init()  # register every format plugin now, so that each forked work-horse inherits them
 
-FORMATS = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
+FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}  # Pillow's names
 MAX_SIZE = 8192
-VERSION = 1  # part of every output's marker: bump it when the output changes, and reruns regenerate
+VERSION = 2  # part of every output's record: bump it when the output changes, and reruns regenerate
 REDUCING_GAP = 3.0  # Pillow's reduce() first, then LANCZOS: near a full LANCZOS, much faster
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"})
-# What decoding a hostile file raises is open-ended: besides OSError, SyntaxError and ValueError, Pillow's
-# plugins let struct.error (a short EXIF block), NotImplementedError (an unknown DDS or BLP variant) and
-# others through. Any exception while decoding is the file's fault, except these, which keep their meaning:
-# the toolkit's own errors, the memory cap's MemoryError and RQ's time-out.
-NOT_THE_FILES_FAULT = (ToolkitError, MemoryError, BaseTimeoutException)
 
 
 @dataclass(frozen=True)
@@ -55,35 +47,13 @@ class ThumbnailSpec:
             settings.thumbnail_quality,
         )
 
-    def marker(self, fmt: str) -> str:
-        return f"rqkit-thumbnail v{VERSION} {fmt} q{self.quality}"
+    def record(self, fmt: str, version: str) -> str:
+        """What an output records of how it was made: parameters and the source's version (ASCII)."""
+        return f"rqkit-thumbnail v{VERSION} {fmt} q{self.quality} source {version}"
 
-
-@dataclass(frozen=True)
-class Places:
-    """The media root that sources must live under, and the thumbnails root that mirrors it."""
-
-    media_root: Path
-    thumbs_root: Path
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Places:
-        return cls(settings.media_root.resolve(), settings.thumbnails_root.resolve())
-
-    def source(self, path: str) -> Path:
-        """The source's real path, refused unless it lies inside the media root."""
-        resolved = inside_media_root(path, self.media_root, "thumbnail")
-        if resolved.is_relative_to(self.thumbs_root):
-            raise JobInputError(f"thumbnail: {path} is itself a thumbnail")
-        return resolved
-
-    def relative(self, source: Path) -> str:
-        return source.relative_to(self.media_root).as_posix()
-
-    def outputs(self, source: Path, spec: ThumbnailSpec, image: Image.Image) -> dict[int, Path]:
-        """<thumbs>/<size>/<path relative to the media root>.<ext>, for each size."""
-        ext = FORMATS[output_format(spec.format, image)][1]
-        return {size: self.thumbs_root / str(size) / f"{self.relative(source)}.{ext}" for size in spec.sizes}
+    def formats(self) -> tuple[str, ...]:
+        """The formats the outputs may have before the source is decoded (auto: jpeg or png)."""
+        return ("jpeg", "png") if self.format == "auto" else (self.format,)
 
 
 def check_spec(sizes: object, format: object) -> None:
@@ -101,13 +71,24 @@ def check_spec(sizes: object, format: object) -> None:
 
 
 def check_thumbnail(path: object, sizes: object = None, format: object = None) -> None:
-    """Enqueue-time check: a path to an existing file inside the media root, sane sizes and format."""
+    """Enqueue-time check: a source the job may read under the media root, outputs it may write,
+    sane sizes and format."""
     if not isinstance(path, str) or not path:
         raise JobInputError(f"thumbnail: PATH must be a path, got {path!r}")
     check_spec(sizes, format)
-    source = Places.from_settings(get_settings()).source(path)
-    if not source.is_file():
-        raise JobInputError(f"thumbnail: no such file: {path}")
+    settings = get_settings()
+    spec = ThumbnailSpec.build(cast("list[int] | None", sizes), cast("str | None", format), settings)
+    places = Places.from_settings(settings)
+    names = places.source(path)
+    with places.opened(names):
+        places.check_output_folders(names, spec.sizes)
+
+
+def warm_up(settings: Settings) -> None:
+    """With a bucket for media or thumbnails, boto3 loaded before the worker forks (for the email
+    job's attachments too: one session per process)."""
+    if objects.uses_buckets(settings):
+        objects.warm_up(settings)
 
 
 @retry_only_transient
@@ -122,25 +103,40 @@ def thumbnail(path: str, sizes: list[int] | None = None, format: str | None = No
 
 
 def make_thumbnails(path: str, places: Places, spec: ThumbnailSpec, max_pixels: int) -> dict[str, Any]:
-    """The core: decode once, write the missing or stale sizes atomically, skip the rest."""
-    source = places.source(path)
-    with open_image(source, max_pixels, path) as image:
-        fmt = output_format(spec.format, image)
-        marker = spec.marker(fmt)
-        outputs = places.outputs(source, spec, image)
-        mtime = source.stat().st_mtime_ns
-        stale = [size for size in spec.sizes if not up_to_date(outputs[size], mtime, marker)]
-        rendered = render(image, stale) if stale else {}
-    write_all({outputs[size]: picture for size, picture in rendered.items()}, fmt, spec.quality, marker)
+    """The core: if every output records this source version and these parameters, nothing is read;
+    else decode once and write the missing or stale sizes, all or none. Local files are reached from
+    their roots' descriptors, never through a symlink."""
+    names = places.source(path)
+    with places.opened(names) as source:
+        stale = {fmt: stale_for(places, names, spec, fmt, source.version) for fmt in spec.formats()}
+        done = [fmt for fmt, sizes in stale.items() if not sizes]
+        if done:
+            fmt, rendered = done[0], {}
+        else:
+            with open_image(source.content(), max_pixels, path) as image:
+                fmt = output_format(spec.format, image)
+                rendered = render(image, stale[fmt])
+    record = spec.record(fmt, source.version)
+    outputs = places.outputs(names, spec.sizes, fmt)
+    encoded = {
+        outputs[size]: encode(picture, fmt, spec.quality, record) for size, picture in rendered.items()
+    }
+    places.write(encoded, fmt, record)
+    shown = {size: places.shown(output) for size, output in outputs.items()}
     return {
-        "source": places.relative(source),
-        "written": {str(size): str(outputs[size]) for size in stale},
-        "skipped": {str(size): str(outputs[size]) for size in spec.sizes if size not in stale},
+        "source": "/".join(names),
+        "written": {str(size): shown[size] for size in rendered},
+        "skipped": {str(size): shown[size] for size in spec.sizes if size not in rendered},
     }
 
 
+def stale_for(places: Places, names: Names, spec: ThumbnailSpec, fmt: str, version: str) -> list[int]:
+    """The sizes, largest first, that need making if the outputs are to be `fmt`."""
+    return places.stale_sizes(places.outputs(names, spec.sizes, fmt), spec.record(fmt, version))
+
+
 @contextmanager
-def open_image(source: Path, max_pixels: int, name: str) -> Iterator[Image.Image]:
+def open_image(source: BinaryIO, max_pixels: int, name: str) -> Iterator[Image.Image]:
     """Open the source lazily, turning every way a file can be bad into a one-line JobInputError."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow only warns up to 2x its limit
@@ -148,8 +144,6 @@ def open_image(source: Path, max_pixels: int, name: str) -> Iterator[Image.Image
         try:
             with Image.open(source) as image:
                 yield image
-        except FileNotFoundError:
-            raise JobInputError(f"thumbnail: no such file: {name}") from None
         except UnidentifiedImageError:
             raise JobInputError(f"thumbnail: not an image: {name}") from None
         except (Image.DecompressionBombWarning, Image.DecompressionBombError):
@@ -180,39 +174,14 @@ def has_alpha(image: Image.Image) -> bool:
     return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
-def is_up_to_date(path: str, places: Places, spec: ThumbnailSpec, max_pixels: int) -> bool:
-    """Whether every output of `path` is already up to date (False if in any doubt: the job will tell)."""
+def is_up_to_date(path: str, places: Places, spec: ThumbnailSpec) -> bool:
+    """Whether every output of `path` is already up to date, read from the outputs' records alone
+    (False if in any doubt: the job will tell)."""
     try:
-        source = places.source(path)
-        with open_image(source, max_pixels, path) as image:
-            marker, outputs = (
-                spec.marker(output_format(spec.format, image)),
-                places.outputs(source, spec, image),
-            )
-        mtime = source.stat().st_mtime_ns
-        return all(up_to_date(output, mtime, marker) for output in outputs.values())
+        names = places.source(path)
+        with places.opened(names) as source:
+            return any(not stale_for(places, names, spec, fmt, source.version) for fmt in spec.formats())
     except (OSError, ToolkitError):
-        return False
-
-
-def needing_thumbnails(
-    paths: Iterable[Path], places: Places, spec: ThumbnailSpec, max_pixels: int
-) -> list[str]:
-    """The media-root-relative paths, among `paths`, of the images whose thumbnails are missing or stale."""
-    relative = (places.relative(path) for path in paths)
-    return [path for path in relative if not is_up_to_date(path, places, spec, max_pixels)]
-
-
-def up_to_date(output: Path, source_mtime_ns: int, marker: str) -> bool:
-    """An output newer than its source, made with the same parameters (its marker), needs no work."""
-    try:
-        if output.stat().st_mtime_ns <= source_mtime_ns:
-            return False
-        with Image.open(output) as existing:
-            return read_marker(existing) == marker
-    except NOT_THE_FILES_FAULT:
-        raise
-    except Exception:  # missing, unreadable or not what we wrote: make it again
         return False
 
 
@@ -283,56 +252,26 @@ def flatten(picture: Image.Image) -> Image.Image:
     return background
 
 
-def write_all(pictures: dict[Path, Image.Image], fmt: str, quality: int, marker: str) -> None:
-    """Write every output to a temp file beside it, then rename them all: no partial set on failure."""
-    temps: dict[Path, Path] = {}
-    try:
-        for output, picture in pictures.items():
-            output.parent.mkdir(parents=True, exist_ok=True)
-            temps[output] = output.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-            with open(temps[output], "xb") as stream:  # not mkstemp: its 0600 would keep a web server out
-                save(picture, stream, fmt, quality, marker)
-        for output, temp in temps.items():
-            os.replace(temp, output)
-    finally:
-        for temp in temps.values():
-            temp.unlink(missing_ok=True)
-
-
-def save(picture: Image.Image, stream: Any, fmt: str, quality: int, marker: str) -> None:
-    """Encode without the source's metadata (EXIF can carry GPS): only the colour profile and our marker."""
+def encode(picture: Image.Image, fmt: str, quality: int, record: str) -> bytes:
+    """Encode without the source's metadata (EXIF can carry GPS): only the colour profile and our
+    record of how it was made."""
     options: dict[str, Any] = {}
     icc = picture.info.get("icc_profile")
     if icc:
         options["icc_profile"] = icc
     if fmt == "jpeg":
         picture = flatten(picture)
-        options.update(quality=quality, comment=marker.encode())
+        options.update(quality=quality, comment=record.encode())
     elif fmt == "png":
         text = PngImagePlugin.PngInfo()
-        text.add_text("rqkit", marker)
+        text.add_text("rqkit", record)
         options["pnginfo"] = text
     else:
-        options.update(quality=quality, xmp=marker.encode())
+        options.update(quality=quality, xmp=record.encode())
     kept, picture.info = picture.info, {}
+    stream = io.BytesIO()
     try:
-        picture.save(stream, FORMATS[fmt][0], **options)
+        picture.save(stream, FORMATS[fmt], **options)
     finally:
         picture.info = kept
-
-
-def read_marker(image: Image.Image) -> str:
-    raw = image.info.get("comment") or image.info.get("rqkit") or image.info.get("xmp") or b""
-    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-
-
-def find_images(root: Path, recursive: bool, skip: Path) -> Iterator[Path]:
-    """Image files under `root` by suffix, in a stable order, skipping hidden folders and `skip`."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        folder = Path(dirpath)
-        dirnames[:] = (
-            sorted(d for d in dirnames if not d.startswith(".") and folder / d != skip) if recursive else []
-        )
-        for name in sorted(filenames):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
-                yield folder / name
+    return stream.getvalue()

@@ -20,6 +20,7 @@ DAY = 24 * 3600
 # For jobs that are safe to run again: jobs.runtime fails their own errors at once, so only a run
 # cut short (its worker killed, its work-horse dead) is retried, at once and then a minute later.
 RERUN_IF_CUT_SHORT = (0, 60)
+MAX_DEPTH = 100  # of a job's JSON arguments: far below the recursion limit of every reader of them
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,11 @@ def get_spec(name: str) -> JobSpec:
         raise UnknownJobError(name, sorted(JOBS)) from None
 
 
+def function_paths() -> set[str]:
+    """The dotted path RQ stores for each job's function: what the toolkit's workers run."""
+    return {f"{spec.func.__module__}.{spec.func.__qualname__}" for spec in JOBS.values()}
+
+
 def check_queue(name: str) -> None:
     """Refuse a queue that no worker of this configuration listens to."""
     queues = get_settings().queues
@@ -196,8 +202,10 @@ def check_queue(name: str) -> None:
         raise JobInputError(f"queue {name!r} is not configured (RQKIT_QUEUES: {', '.join(queues)})")
 
 
-def check_json(value: Any, where: str) -> None:
-    """Raise JobInputError unless `value` is made of JSON types only."""
+def check_json(value: Any, where: str, depth: int = 0) -> None:
+    """Raise JobInputError unless `value` is made of JSON types only, nested at most MAX_DEPTH deep."""
+    if depth > MAX_DEPTH:
+        raise JobInputError(f"{where}: nested more than {MAX_DEPTH} levels deep")
     if value is None or isinstance(value, str | bool | int):
         return
     if isinstance(value, float):
@@ -206,13 +214,13 @@ def check_json(value: Any, where: str) -> None:
         return
     if isinstance(value, list):
         for item in value:
-            check_json(item, where)
+            check_json(item, where, depth + 1)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise JobInputError(f"{where}: dictionary keys must be strings, got {key!r}")
-            check_json(item, where)
+            check_json(item, where, depth + 1)
         return
     raise JobInputError(
         f"{where}: {type(value).__name__} is not a JSON type (use str, int, float, bool, None, list or dict)"

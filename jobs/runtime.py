@@ -1,5 +1,6 @@
 """What every job entry point runs under: a memory cap, retries for transient errors only, and a record
-of each run (count, outcome, duration) in Redis, which the metrics read, so that they cover all workers."""
+of each run (count, outcome, duration) in Redis, which the metrics read, so that they cover all workers;
+while Redis is away, on this host's disk until it answers (jobs/metrics_spool.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import resource
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
+from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.job import Job
 
 from config import get_settings
 from jobs.errors import MemoryLimitError, UpstreamError
+from jobs.metrics_spool import Counts, send
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +84,24 @@ def record_run(succeeded: bool, seconds: float) -> None:
     if job is None:
         return
     name = name_of(job)
+    spool = metrics_spool(get_settings().var_dir)
     try:
-        with job.connection.pipeline(transaction=False) as pipe:
-            pipe.hincrby(RUNS, f"{name}\t{job.origin}\t{'succeeded' if succeeded else 'failed'}", 1)
-            pipe.hincrbyfloat(SECONDS, f"{name}\tsum", seconds)
-            pipe.hincrby(SECONDS, f"{name}\tcount", 1)
-            for limit in LIMITS:
-                if seconds <= limit:
-                    pipe.hincrby(BUCKETS, f"{name}\t{limit}", 1)
-            pipe.execute()
+        send(job.connection, run_counts(name, job.origin, succeeded, seconds), spool)
+    except RedisError as exc:  # an outage: the worker waits for Redis to record the job itself
+        logger.warning("Redis took no metrics for %s (%s): kept in %s until it answers", name, exc, spool)
     except Exception:  # noqa: BLE001 - metrics are never worth a failed job
         logger.warning("could not record metrics for %s", name, exc_info=True)
+
+
+def run_counts(name: str, queue: str, succeeded: bool, seconds: float) -> Counts:
+    """What one run adds to the metrics' hashes."""
+    return {
+        RUNS: {f"{name}\t{queue}\t{'succeeded' if succeeded else 'failed'}": 1},
+        SECONDS: {f"{name}\tsum": float(seconds), f"{name}\tcount": 1},
+        BUCKETS: {f"{name}\t{limit}": 1 for limit in LIMITS if seconds <= limit},
+    }
+
+
+def metrics_spool(var_dir: Path) -> Path:
+    """Where this host keeps the job-run metrics that Redis could not take."""
+    return var_dir / "metrics-spool"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 
 from redis import Redis
+from redis.exceptions import ResponseError
 from sqlalchemy import Engine, Table, select
 
 from config import get_settings, redis_client
@@ -54,7 +56,19 @@ def word_count(model: str) -> dict[str, int | str]:
 
 
 def total_word_count(model: str, connection: Redis | None = None) -> int | None:
-    """The cached total for `model` (one Redis GET), or None if never computed."""
+    """The cached total for `model` (one Redis GET), or None if never computed or not readable as a
+    count (a warning line says which: a recount overwrites it)."""
     check_model(model)
-    value = (connection or redis_client()).get(cache_key(model))
-    return int(value) if value is not None else None
+    key = cache_key(model)
+    with suppress(ResponseError, ValueError):  # another type of key (WRONGTYPE), or not a whole number
+        value = (connection or redis_client()).get(key)
+        total = None if value is None else int(value)
+        if total is None or total >= 0:
+            return total
+    logger.warning(
+        "%s: the word count at %s is unknown (not a count); recount: python cli.py enqueue word-count %s",
+        model,
+        key,
+        model,
+    )
+    return None

@@ -5,23 +5,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from redis import Redis
-from redis.exceptions import ConnectionError, TimeoutError, WatchError
+from redis.exceptions import RedisError, WatchError
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.utils import as_text
 
 from config import RedisUnavailable, redis_client, rq_classes
-from config.connection import url_of
+from config.connection import reconnect, url_of
+from config.durable import durable_pipeline
+from config.outage import is_outage
 from jobs import tags as tags_index
 from jobs.bulk import BulkJobs, enqueue_calls
 from jobs.errors import JobInputError
+from jobs.files import is_text
 from jobs.registry import DAY, check_queue, get_spec
 
 BULK_BATCH = 1000
+FURTHEST = timedelta(days=5 * 365)  # the furthest ahead a job may be scheduled: 5 years
+LONGEST_TIMEOUT = DAY  # seconds
+DAY_DELTA = timedelta(seconds=DAY)
 
 
 class Submission(NamedTuple):
@@ -51,27 +58,28 @@ def submit(
     """Check the job and its arguments, then put it on its queue (or schedule it `at` a time)."""
     spec = get_spec(name)
     kwargs = kwargs or {}
+    check_text(name, (args, kwargs))
     spec.validate(args, kwargs)
     tags_index.check_tags(tags or [])
     queue_name = queue or spec.queue
     check_queue(queue_name)
+    when = due_time(at) if at else None
     connection = connection or redis_client()
     rq_queue = rq_classes.Queue(queue_name, connection=connection)
     options = spec.job_options(args, kwargs)
     if timeout is not None:
-        options["timeout"] = timeout
+        options["timeout"] = check_timeout(timeout)
     if tags:
         options["meta"]["tags"] = list(dict.fromkeys(tags))
     job = rq_queue.create_job(spec.func, args=args, kwargs=kwargs, **options)
-    when = at.astimezone(UTC) if at else None
     try:
         if spec.unique:
             return put_unique(rq_queue, job, when, at_front)
-        with connection.pipeline() as pipe:  # one round trip instead of RQ's two
+        with durable_pipeline(connection, f"job {job.id}") as pipe:  # one round trip instead of RQ's two
             put(rq_queue, job, when, at_front, pipeline=pipe)
             pipe.execute()
-    except (ConnectionError, TimeoutError) as exc:
-        raise RedisUnavailable(url_of(connection)) from exc
+    except RedisError as exc:
+        raise unavailable(exc, connection) from exc
     return Submission(job, duplicate=False)
 
 
@@ -102,6 +110,7 @@ def submit_many(
     accepted, refused = [], []
     for args in calls:
         try:
+            check_text(name, (args, kwargs))
             spec.validate(args, kwargs)
             accepted.append(args)
         except JobInputError as exc:
@@ -112,9 +121,89 @@ def submit_many(
         jobs = enqueue_calls(
             rq_queue, spec.func, accepted, kwargs, spec.policy_options, spec.describe, BULK_BATCH
         )
-    except (ConnectionError, TimeoutError) as exc:
-        raise RedisUnavailable(url_of(connection)) from exc
+    except RedisError as exc:
+        raise unavailable(exc, connection) from exc
     return BulkSubmission(jobs, refused)
+
+
+def unavailable(exc: RedisError, connection: Redis) -> RedisUnavailable:
+    """The error for a Redis that is away or takes no writes for now; any other error is a bug, raised."""
+    if not is_outage(exc):
+        raise exc
+    reconnect(connection)
+    return RedisUnavailable(url_of(connection), exc)
+
+
+def due_time(at: datetime) -> datetime | None:
+    """When to schedule a job asked for at `at` (without an offset: local time), in UTC; None once that
+    time has come: the job runs now. JobInputError for a time more than FURTHEST ahead, or a local time
+    that a daylight-saving change skips (it never happens) or repeats (it happens twice)."""
+    now = datetime.now(UTC)
+    rough = at.replace(tzinfo=UTC) - now  # off by the offset, under a day: no conversion can overflow yet
+    if rough < -DAY_DELTA:
+        return None
+    if rough > FURTHEST + DAY_DELTA:
+        raise too_far(at)
+    check_wall_clock(at)
+    exact = aware(at).astimezone(UTC)
+    if exact - now > FURTHEST:
+        raise too_far(at)
+    return exact if exact > now else None
+
+
+def too_far(at: datetime) -> JobInputError:
+    return JobInputError(
+        f"{at.isoformat()} is more than {FURTHEST.days} days ahead, the furthest a job is scheduled"
+    )
+
+
+def aware(at: datetime) -> datetime:
+    """The time with its UTC offset: an offset-less one is a local time."""
+    return at if at.tzinfo else at.astimezone()
+
+
+def check_wall_clock(at: datetime) -> None:
+    """Refuse a wall-clock time that its zone (the local one, for an offset-less time) skips or repeats."""
+    first, second = aware(at.replace(fold=0)), aware(at.replace(fold=1))
+    if first.utcoffset() == second.utcoffset():
+        return
+    zone = f"time zone {at.tzinfo}" if at.tzinfo else f"the local time zone ({'/'.join(time.tzname)})"
+    wall = at.replace(tzinfo=None).isoformat()
+    if first.astimezone(UTC).astimezone(at.tzinfo).replace(tzinfo=None) != at.replace(tzinfo=None):
+        raise JobInputError(
+            f"{wall} does not exist in {zone}: a daylight-saving change skips it; "
+            "give a time with its UTC offset"
+        )
+    raise JobInputError(
+        f"{wall} happens twice in {zone} (a daylight-saving change repeats it): give "
+        f"{first.isoformat()} for the first or {second.isoformat()} for the second"
+    )
+
+
+def check_timeout(timeout: int) -> int:
+    """A job's time-out: a whole number of seconds from 1 to LONGEST_TIMEOUT."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= LONGEST_TIMEOUT:
+        raise JobInputError(
+            f"timeout must be a whole number of seconds from 1 to {LONGEST_TIMEOUT}, got {timeout!r}"
+        )
+    return timeout
+
+
+def check_text(name: str, value: Any) -> None:
+    """Refuse a string in the arguments (keys too, at any depth) that holds a lone surrogate (bytes that
+    were not UTF-8, from a file name or the command line, say): Redis takes UTF-8 text only."""
+    pending, seen = [value], set()
+    while pending:  # no recursion: arguments nested deeper than Python's stack are refused elsewhere
+        item = pending.pop()
+        if isinstance(item, str) and not is_text(item):
+            raise JobInputError(f"{name}: {item!r} is not UTF-8 text")
+        if id(item) in seen:  # a list that holds itself: check_json refuses it
+            continue
+        seen.add(id(item))
+        if isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple):
+            pending += item
 
 
 def put(queue: Queue, job: Job, when: datetime | None, at_front: bool, pipeline: Any = None) -> None:
@@ -131,7 +220,7 @@ def put_unique(queue: Queue, job: Job, when: datetime | None, at_front: bool) ->
     (a job scheduled for later doesn't absorb a request for now); atomic across clients."""
     key = pending_key(job)
     absorbing = rq_classes.WAITING + ((JobStatus.SCHEDULED,) if when and when > datetime.now(UTC) else ())
-    with queue.connection.pipeline() as pipe:
+    with durable_pipeline(queue.connection, f"job {job.id}") as pipe:
         while True:
             try:
                 pipe.watch(key)
@@ -139,7 +228,11 @@ def put_unique(queue: Queue, job: Job, when: datetime | None, at_front: bool) ->
                 if pending_id:
                     pending = rq_classes.Job.fetch_many([as_text(pending_id)], connection=queue.connection)[0]
                     if pending is not None and pending.get_status() in absorbing:
-                        return Submission(pending, duplicate=True)
+                        pipe.multi()  # a write, so that the durable mode's WAIT covers the pending job too
+                        pipe.expire(key, DAY)
+                        pipe.execute()
+                        # our own job when the reply to our EXEC was lost (redis-py: a WatchError)
+                        return Submission(pending, duplicate=pending.id != job.id)
                 pipe.multi()
                 pipe.set(key, job.id, ex=DAY)
                 put(queue, job, when, at_front, pipeline=pipe)

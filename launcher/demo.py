@@ -30,7 +30,7 @@ def seed(settings: Settings, articles: int, comments: int, connection: Redis | N
 def run_demo(settings: Settings, say: Callable[[str], None]) -> None:
     """Seed the database, enqueue a few jobs, and report their outcomes through `say`."""
     added = content.seed(content.content_engine(settings.sqlalchemy_url), 20, 5)
-    say(f"added {added['articles']} articles and {added['comments']} comments")
+    say(f"added {added['articles']} articles, {added['comments']} comments and {added['sessions']} sessions")
     connection = redis_client(settings)
     demo_jobs = [
         ("sleep", (1,), None),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import tempfile
 import threading
 import time
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -18,6 +20,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from jobs.errors import JobInputError
+from jobs.files import Tree
 from jobs.media import TEMP_PREFIX
 
 
@@ -49,10 +52,9 @@ class Stored:
     date: str
 
     @classmethod
-    def read(cls, path: Path) -> Stored:
-        message = load(path)
+    def of(cls, message_id: str, message: EmailMessage) -> Stored:
         return cls(
-            path.stem,
+            message_id,
             str(message["From"] or ""),
             str(message["X-Sink-Envelope-To"] or ""),
             str(message["Subject"] or ""),
@@ -60,31 +62,45 @@ class Stored:
         )
 
 
-def load(path: Path) -> EmailMessage:
-    message = message_from_bytes(path.read_bytes(), policy=policy.default)
+MESSAGE_ID = re.compile(r"^\d{1,25}-[0-9a-f]{8}\Z")  # as handle_DATA names them
+
+
+def sink(folder: Path) -> Tree:
+    """The sink's folder as the commands read it: each message through the folder's descriptor, never
+    through a symlink."""
+    return Tree(folder.resolve(), "mail", "the mail folder")
+
+
+def load(tree: Tree, message_id: str) -> EmailMessage:
+    with tree.reading((f"{message_id}.eml",)) as (stream, _):
+        message = message_from_bytes(stream.read(), policy=policy.default)
     assert isinstance(message, EmailMessage)
     return message
 
 
 def stored_messages(folder: Path) -> list[Stored]:
-    """Every message in the sink, newest first."""
-    paths = sorted(folder.glob("*.eml"), reverse=True) if folder.is_dir() else []
-    return [Stored.read(path) for path in paths]
+    """Every message in the sink, newest first (a name that isn't the sink's, or a link, is passed over)."""
+    ids = sorted((p.stem for p in folder.glob("*.eml") if MESSAGE_ID.match(p.stem)), reverse=True)
+    tree, stored = sink(folder), []
+    for message_id in ids:
+        with suppress(JobInputError):  # gone meanwhile, or not a regular file of its own
+            stored.append(Stored.of(message_id, load(tree, message_id)))
+    return stored
 
 
 def message_view(folder: Path, message_id: str) -> dict[str, Any]:
     """One stored message (by id, or `latest`): its headers, its body (text, else HTML), its attachments."""
     stored = stored_messages(folder)
     chosen = stored[0].id if message_id == "latest" and stored else message_id
-    path = folder / f"{chosen}.eml"
-    if not path.is_file() or "/" in chosen:
+    if not MESSAGE_ID.match(chosen) or not (folder / f"{chosen}.eml").exists():
         raise JobInputError(f"no message {message_id!r} in {folder}")
-    message = load(path)
+    message = load(sink(folder), chosen)
     body = message.get_body(("plain", "html"))
+    text = body.get_content().replace("\r\n", "\n") if body else ""  # its lines, as a reader sees them
     return {
         "id": chosen,
         "headers": {name: str(value) for name, value in message.items()},
-        "body": body.get_content() if body else "",
+        "body": text,
         "attachments": [part.get_filename() for part in message.iter_attachments()],
     }
 

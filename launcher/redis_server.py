@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import shutil
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 
 from config import ToolkitError
 from config.connection import answers
+from config.urls import has_credentials
 from workers.lifetime import die_with_parent
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -40,9 +42,11 @@ def free_port() -> int:
 
 
 def check_free(host: str, port: int, part: str, setting: str) -> None:
-    """Refuse to start `part` on an address that something else already holds."""
+    """Refuse to start `part` on an address that something else already holds. The probe binds as the
+    servers do (SO_REUSEADDR), so the last connections of a server just stopped (TIME_WAIT) don't count."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -51,11 +55,21 @@ def check_free(host: str, port: int, part: str, setting: str) -> None:
             ) from exc
 
 
-class RedisServer:
-    """A redis-server child process bound to loopback, with append-only persistence in `data_dir`."""
+# Commands nothing in the toolkit uses that turn a client into an administrator: CONFIG SET dir + SAVE
+# writes a file where the client chooses, MODULE LOAD runs code, REPLICAOF/MIGRATE/FAILOVER reach other
+# servers, DEBUG and ACL reach the process and its users.
+ADMIN_COMMANDS = ("CONFIG", "DEBUG", "MODULE", "REPLICAOF", "SLAVEOF", "MIGRATE", "FAILOVER", "ACL")
 
-    def __init__(self, port: int, data_dir: Path, host: str = "127.0.0.1") -> None:
+
+class RedisServer:
+    """A redis-server child process bound to loopback, with append-only persistence in `data_dir`, and
+    without ADMIN_COMMANDS unless `admin_commands` (a test that needs CONFIG, a replica of a fleet)."""
+
+    def __init__(
+        self, port: int, data_dir: Path, host: str = "127.0.0.1", admin_commands: bool = False
+    ) -> None:
         self.host, self.port, self.data_dir = host, port, data_dir
+        self.admin_commands = admin_commands
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,6 +99,8 @@ class RedisServer:
             "--logfile",
             str(self.data_dir / "redis.log"),
         ]
+        if not self.admin_commands:
+            command += [word for name in ADMIN_COMMANDS for word in ("--rename-command", name, "")]
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent
         )
@@ -110,6 +126,21 @@ class RedisServer:
             self.process.wait()
 
 
+def open_to_the_network(url: str) -> bool:
+    """Whether the Redis at `url` is off this machine's loopback and reached without a credential: then
+    whoever reaches it can queue jobs, and run code in pickle mode (docs/security.md)."""
+    parts = urlsplit(url)
+    local = parts.scheme == "unix" or is_loopback(parts.hostname or "localhost")
+    return not local and not has_credentials(url)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in LOOPBACK
+
+
 def embeddable_address(url: str) -> tuple[str, int]:
     """Host and port to start the embedded server on for `url`; refuse anything not on loopback."""
     parts = urlsplit(url)
@@ -118,7 +149,7 @@ def embeddable_address(url: str) -> tuple[str, int]:
             f"nothing answers at {parts.scheme}://{parts.hostname}:{parts.port or 6379} and the "
             "embedded Redis only runs on loopback (redis://127.0.0.1:PORT)"
         )
-    if parts.password:
+    if has_credentials(url):
         raise ToolkitError(
             "the embedded Redis has no password: drop it from REDIS_URL or start your own server"
         )

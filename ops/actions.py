@@ -14,6 +14,7 @@ from config import rq_classes
 from config.rq_classes import NOT_STARTED
 from jobs.errors import JobInputError
 from jobs.registry import check_queue, get_spec
+from jobs.submission import check_text, check_timeout
 from jobs.tags import forget
 from ops.views import failed_jobs, failed_registry, fetch
 from scheduler.runner import Scheduler
@@ -121,14 +122,13 @@ def edit(
     new_args = tuple(args) if args is not None else tuple(job.args)
     new_kwargs = {**job.kwargs, **(kwargs or {})}
     name = job.meta.get("rqkit_job")
+    check_text(str(name or job.func_name), (new_args, new_kwargs))
     if name:
         spec = get_spec(name)
         spec.validate(new_args, new_kwargs)
         job.description = spec.describe(new_args, new_kwargs)
     if timeout is not None:
-        if timeout <= 0:
-            raise JobInputError(f"timeout must be a positive number of seconds, got {timeout}")
-        job.timeout = timeout
+        job.timeout = check_timeout(timeout)
     job.args, job.kwargs = list(new_args), new_kwargs
     job.save()
     return job

@@ -3,6 +3,7 @@ Nothing here reads a whole registry: ids come a page at a time."""
 
 from __future__ import annotations
 
+import re
 import socket
 from collections import Counter
 from collections.abc import Iterator
@@ -124,9 +125,15 @@ def failed_jobs(connection: Redis, job_name: str | None = None) -> Iterator[Job]
 
 
 def failed_groups(connection: Redis) -> list[dict[str, Any]]:
-    """Failed jobs grouped by job and reason, the largest groups first."""
-    counts = Counter((name_of(job), failure_reason(job)) for job in failed_jobs(connection))
+    """Failed jobs grouped by job and reason, the largest groups first; a time in a reason (RQ's
+    abandoned jobs carry when they were found) doesn't split a group."""
+    counts = Counter(
+        (name_of(job), MOMENT.sub("<time>", failure_reason(job))) for job in failed_jobs(connection)
+    )
     return [{"job": job, "reason": reason, "count": count} for (job, reason), count in counts.most_common()]
+
+
+MOMENT = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:?\d{2}|Z)?")
 
 
 def workers(connection: Redis) -> list[dict[str, Any]]:

@@ -11,13 +11,16 @@ skip), else enqueues the real job through the registry. `scheduler/sync.py` puts
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq.utils import as_text
 
 from config import get_settings, redis_client, rq_classes
+from config.durable import NotDurable, durable_pipeline
 from jobs import get_spec, submit
 from scheduler.runner import Scheduler
 from scheduler.schedule import Entry, zone_of
@@ -58,16 +61,17 @@ def fire(name: str, due: int) -> dict[str, Any]:
     settings = get_settings()
     connection = redis_client(settings)
     report: dict[str, Any] = {"entry": name, "due": datetime.fromtimestamp(due, UTC).isoformat()}
-    if not connection.set(f"rqkit:schedule:fired:{name}:{due}", "1", nx=True, ex=FIRED_TTL):
-        return {**report, "status": "duplicate"}  # a second scheduler enqueued this trigger too
     stored = connection.hget(ENTRIES, name)
     if stored is None:
         return {**report, "status": "removed"}
     entry = Entry(**json.loads(stored))
     if as_text(connection.get(next_key(name)) or b"") == f"{entry.job_id_prefix}-{due}":
-        # From now, not from `due`: after downtime the missed runs collapse into this one.
+        # From now, not from `due`: after downtime the missed runs collapse into this one. Before the
+        # claim: a run that fails or is refused below must not end the entry's chain of triggers.
         upcoming = entry.next_due(datetime.now(UTC), zone_of(settings))
         schedule_trigger(Scheduler(connection=connection), connection, entry, upcoming)
+    if not claim(connection, name, due):
+        return {**report, "status": "duplicate"}  # a second scheduler enqueued this trigger too
     previous = connection.hget(state_key(name), "last_job")
     if previous:
         busy = rq_classes.Job.fetch_many([as_text(previous)], connection=connection)[0]
@@ -90,3 +94,20 @@ def fire(name: str, due: int) -> dict[str, Any]:
         },
     )
     return {**report, "status": "enqueued", "job": job.id}
+
+
+def claim(connection: Redis, name: str, due: int) -> bool:
+    """Take the run of `name` for `due`, unless a scheduler took it already. With durable_replicas set,
+    only once the replicas have the claim: else it is let go, and NotDurable says it didn't run."""
+    key, claimed = f"rqkit:schedule:fired:{name}:{due}", False
+    try:
+        with durable_pipeline(connection, f"the run of {name} due {due}", transaction=False) as pipe:
+            pipe.set(key, "1", nx=True, ex=FIRED_TTL)
+            claimed = bool(pipe.execute()[0])
+    except NotDurable:
+        if not claimed:
+            return False  # another scheduler's claim: no write of ours to lose
+        with suppress(RedisError):  # a claim we can't let go of now keeps this one due time from running
+            connection.delete(key)
+        raise
+    return claimed

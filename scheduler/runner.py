@@ -11,8 +11,11 @@ from typing import Any
 import rq_scheduler
 from redis.exceptions import RedisError
 
-from config.outage import REDIS_DOWN, OutageRetry
+from config.connection import reconnect
+from config.outage import OutageRetry, is_outage
 from config.rq_classes import Job, Queue
+
+RQSCHEDULER_INTERVAL = 60.0  # seconds between a bare `rqscheduler`'s looks: its `-i` default
 
 
 class Scheduler(rq_scheduler.Scheduler):
@@ -29,9 +32,10 @@ class Scheduler(rq_scheduler.Scheduler):
             started = time.monotonic()
             try:
                 return super().run(burst)
-            except REDIS_DOWN as exc:
-                if self.stopping:
+            except RedisError as exc:
+                if self.stopping or not is_outage(exc):
                     raise
+                reconnect(self.connection)
                 if time.monotonic() - started > self._interval:  # it got through a check: Redis was back
                     outage.reset()
                 outage.wait(exc)

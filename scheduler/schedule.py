@@ -67,13 +67,7 @@ def parse_entry(name: str, raw: dict[str, Any]) -> Entry:
     def fail(problem: str) -> ConfigError:
         return ConfigError(f"schedule entry {name!r}: {problem}")
 
-    if not ENTRY_NAME.match(name):
-        raise fail("names are letters, digits, - and _ (they become job ids)")
-    unknown = set(raw) - FIELDS
-    if unknown:
-        raise fail(f"unknown field(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(FIELDS))})")
-    if ("cron" in raw) == ("every" in raw):
-        raise fail("give exactly one of cron (5 fields) or every (an interval)")
+    check_shape(name, raw, fail)
     cron = raw.get("cron")
     if cron is not None and (
         not isinstance(cron, str) or len(cron.split()) != 5 or not croniter.is_valid(cron)
@@ -97,6 +91,19 @@ def parse_entry(name: str, raw: dict[str, Any]) -> Entry:
     except JobInputError as exc:
         raise fail(str(exc)) from None
     return entry
+
+
+def check_shape(name: str, raw: dict[str, Any], fail: Any) -> None:
+    """The entry's name and fields: known ones, a job, and exactly one of cron and every."""
+    if not ENTRY_NAME.match(name):
+        raise fail("names are letters, digits, - and _ (they become job ids)")
+    unknown = set(raw) - FIELDS
+    if unknown:
+        raise fail(f"unknown field(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(FIELDS))})")
+    if "job" not in raw:
+        raise fail("no job: name one (a table of a default entry's name replaces that entry whole)")
+    if ("cron" in raw) == ("every" in raw):
+        raise fail("give exactly one of cron (5 fields) or every (an interval)")
 
 
 def interval(value: object, fail: Any) -> int | None:

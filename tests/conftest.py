@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from uuid import uuid4
 
 import pytest
 from redis import Redis
@@ -16,8 +19,10 @@ from rq import SimpleWorker
 from sqlalchemy import Engine
 
 from config import get_settings
-from jobs import content
+from jobs import content, objects
+from jobs.runtime import metrics_spool
 from launcher.redis_server import RedisServer, free_port
+from tests.s3 import S3Store
 from tests.support import start_python
 from workers import InProcessWorker
 
@@ -26,7 +31,7 @@ CLEARED = ("REDIS_URL", "RQ_REDIS_URL", "DATABASE_URL", "RQ_CONFIG")
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis")).start()
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"), admin_commands=True).start()
     yield server
     server.stop()
 
@@ -42,6 +47,7 @@ def toolkit_env(
         "REDIS_URL": redis_server.url,
         "RQKIT_VAR_DIR": str(tmp_path_factory.mktemp("var")),
         "RQKIT_CONFIG": str(config_file),
+        "RQKIT_JOB_FUNCTIONS": "tests.compat_jobs.*",  # the tests' own job functions, beside the registry's
     }
     with pytest.MonkeyPatch.context() as patch:
         for name in [*CLEARED, *(n for n in os.environ if n.startswith("RQKIT_"))]:
@@ -63,9 +69,11 @@ def connection(redis_server: RedisServer) -> Iterator[Redis]:
 
 
 @pytest.fixture(autouse=True)
-def fresh_settings() -> Iterator[None]:
-    """Each test reads settings from its own (monkeypatched) environment."""
+def fresh_settings(toolkit_env: dict[str, str]) -> Iterator[None]:
+    """Each test reads settings from its own (monkeypatched) environment, and finds no job-run counts
+    that an earlier test's outage left in the spool (they would be added to this test's Redis)."""
     get_settings.cache_clear()
+    shutil.rmtree(metrics_spool(Path(toolkit_env["RQKIT_VAR_DIR"])), ignore_errors=True)
     yield
     get_settings.cache_clear()
 
@@ -118,11 +126,15 @@ def processes() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     RQ_REDIS_URL set as the bare rqscheduler reads it; each is killed with its children at the end."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        *args: str, env: dict[str, str] | None = None, log: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """`log`: a file for the process's output (else it is dropped)."""
         env = {"RQ_REDIS_URL": os.environ["REDIS_URL"], **(env or {})}
-        process = start_python(
-            *args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
+        with open(log or os.devnull, "wb") as output:
+            process = start_python(
+                *args, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            )
         started.append(process)
         return process
 
@@ -152,3 +164,67 @@ def media(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Media:
     monkeypatch.setenv("RQKIT_THUMBNAILS_DIR", str(thumbs))
     monkeypatch.chdir(root)
     return Media(root, thumbs)
+
+
+@pytest.fixture(scope="session")
+def s3_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Store]:
+    """A real S3-compatible store (SeaweedFS) on loopback for the session, with one bucket."""
+    store = S3Store(tmp_path_factory.mktemp("s3"))
+    store.start()
+    store.bucket(BUCKET)
+    yield store
+    store.stop()
+
+
+BUCKET = "rqkit"
+
+
+@dataclass
+class BucketMedia:
+    """A private media root and thumbnails root as prefixes of the store's bucket."""
+
+    store: S3Store
+    media: str  # "t<id>/media/"
+    thumbs: str  # "t<id>/thumbs/"
+
+    def put(self, key: str, data: bytes, **options: Any) -> None:
+        """An object under the media prefix."""
+        self.store.client().put_object(Bucket=BUCKET, Key=self.media + key, Body=data, **options)
+
+    def head(self, key: str) -> dict[str, Any]:
+        """An object's HEAD, by its whole key."""
+        return dict(self.store.client().head_object(Bucket=BUCKET, Key=key))
+
+    def get(self, key: str) -> bytes:
+        return bytes(self.store.client().get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix`, in order."""
+        pages = self.store.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return [entry["Key"] for page in pages for entry in page.get("Contents", [])]
+
+    def output(self, size: int, relative: str) -> str:
+        return f"{self.thumbs}{size}/{relative}"
+
+
+@pytest.fixture
+def bucket_media(s3_store: S3Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[BucketMedia]:
+    """Media and thumbnails in the bucket, under prefixes of this test's own; the toolkit reaches the
+    store through the environment, as an operator sets it."""
+    test = f"t{uuid4().hex[:12]}/"
+    found = BucketMedia(s3_store, f"{test}media/", f"{test}thumbs/")
+    for name, value in s3_store.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RQKIT_MEDIA_ROOT", f"s3://{BUCKET}/{found.media}")
+    monkeypatch.setenv("RQKIT_THUMBNAILS_DIR", f"s3://{BUCKET}/{found.thumbs}")
+    monkeypatch.chdir(tmp_path)
+    fresh_clients()
+    yield found
+    fresh_clients()
+
+
+def fresh_clients() -> None:
+    """The toolkit's S3 clients made afresh: a process reads its credentials once, as its first
+    client is made, and a test may change them."""
+    objects.session.cache_clear()
+    objects._clients.clear()

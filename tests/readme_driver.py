@@ -68,7 +68,8 @@ def examples() -> list[Example]:
                 while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
                     name, _, value = words.pop(0).partition("=")
                     env[name] = value
-                found.append(Example(document, " ".join(line.split()), words, env))
+                if words:  # a line of assignments alone sets shell variables: nothing runs
+                    found.append(Example(document, " ".join(line.split()), words, env))
     return found
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner, Result
@@ -15,6 +17,17 @@ from redis import Redis
 
 from cli import cli
 from config.settings import PROJECT_ROOT
+
+NOT_COPIED = shutil.ignore_patterns(
+    ".venv", ".git", "var", "__pycache__", ".hypothesis", ".mypy_cache", ".ruff_cache"
+)
+
+
+def copy_of_repo(into: Path) -> Path:
+    """A copy of the repo as a clone has it (no venv, runtime data or caches), at `into`/rqkit."""
+    copy = into / "rqkit"
+    shutil.copytree(PROJECT_ROOT, copy, ignore=NOT_COPIED)
+    return copy
 
 
 def python(

@@ -5,20 +5,25 @@ readable reason, and the worker goes on."""
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis import Redis
+from rq import Queue
 
+from cli import cli
 from jobs import JOBS, enqueue, get_spec, submit
 from jobs.errors import JobInputError
 from launcher.redis_server import free_port
 from ops.outcomes import wait_for
 from tests.pictures import photo
 from tests.support import run
+from tests.test_cli import all_commands
 
 # Every job type, and inputs its enqueue-time check must refuse: (job, args, kwargs, message part).
 KNOWN_BAD: list[tuple[str, tuple[Any, ...], dict[str, Any], str]] = [
@@ -234,3 +239,130 @@ def test_random_command_lines_never_end_in_a_traceback(
     assert result.exit_code in (0, 1, 2), result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output
+
+
+# Every value-taking option and argument of every command, given hostile text. Left out: the commands
+# that serve until stopped (up, redis, dashboard, metrics, mail serve) and demo seed, which writes
+# rows by the thousand.
+NOT_FUZZED = {("up",), ("redis",), ("dashboard",), ("metrics",), ("mail", "serve"), ("demo", "seed")}
+JOB_ID = "0b5f6a0e-5c5e-4d5e-9f7e-1d2a3b4c5d6e"  # the fixture's pending job
+GOOD_ARGS: dict[tuple[str, ...], list[str]] = {  # a valid value of each argument, to reach the next check
+    ("enqueue", "sleep"): ["1"],
+    ("enqueue", "thumbnail"): ["photo.jpg"],
+    ("enqueue", "api-call"): ["GET", "http://127.0.0.1:1/"],
+    ("enqueue", "webhook"): ["http://127.0.0.1:1/", "paid"],
+    ("enqueue", "word-count"): ["comment"],
+    ("enqueue", "expire-sessions"): ["default"],
+    **{("jobs", action): [JOB_ID] for action in ("show", "cancel", "move", "front", "edit")},
+    ("workers", "kill"): ["nobody"],
+    ("workers", "stop"): ["nobody"],
+    ("schedule", "run"): ["prune-tags"],
+    ("thumbnails",): ["."],
+}
+GOOD_OPTIONS: dict[tuple[str, ...], list[str]] = {  # the required options, with valid values
+    ("enqueue", "email"): ["--to=a@example.com", "--subject=s", "--text=t"],
+    ("enqueue", "webhook"): ["--secret=S"],
+    ("jobs", "move"): ["--to=default"],
+}
+HOSTILE = [
+    "",
+    " ",
+    "\t\n",
+    "\x00",
+    "\x1b]0;pwned\x07",
+    "\x1b[2J",
+    "\u202e",
+    "\x9b",
+    "-1",
+    "0",
+    "1e309",
+    "nan",
+    "-inf",
+    "9" * 400,
+    "99999999999d",
+    "3000000d",
+    "٣s",
+    "３",
+    "9999-12-31T23:59:59-10:00",
+    "0001-01-01T00:00:00",
+    "0001-01-01T00:00:00+14:00",
+    "[" * 100_000,
+    '"\\udcff"',
+    "../../etc/passwd",
+    "a=b",
+    "NaN",
+]
+
+
+def fuzz_targets() -> list[tuple[tuple[str, ...], click.Parameter]]:
+    """(command path, parameter) for every value-taking parameter of every command fuzzed."""
+    targets = []
+    for path in all_commands(cli):
+        command = command_of(path)
+        if path in NOT_FUZZED or isinstance(command, click.Group) and not command.params:
+            continue
+        targets += [
+            (path, param)
+            for param in command.params
+            if isinstance(param, click.Argument) or (isinstance(param, click.Option) and not param.is_flag)
+        ]
+    return targets
+
+
+def command_line(path: tuple[str, ...], param: click.Parameter, value: str) -> list[str]:
+    """The command with valid values for all but `param`, which gets `value`."""
+    arguments = list(GOOD_ARGS.get(path, []))
+    options = list(GOOD_OPTIONS.get(path, []))
+    if isinstance(param, click.Argument):
+        index = [p for p in command_of(path).params if isinstance(p, click.Argument)].index(param)
+        arguments[index : index + 1] = [value]
+    else:
+        options.append(f"{param.opts[0]}={value}")
+    return [*path, *options, "--", *arguments]
+
+
+def fuzz_id(value: tuple[str, ...] | click.Parameter) -> str:
+    return value.human_readable_name if isinstance(value, click.Parameter) else " ".join(value)
+
+
+def command_of(path: tuple[str, ...]) -> click.Command:
+    command: Any = cli
+    for name in path:
+        command = command.commands[name]
+    return command
+
+
+def assert_one_line_error_at_most(result: Any) -> None:
+    """Exit 0, or 1 or 2 with one `Error:` line; never a traceback, never a raw control character."""
+    assert result.exit_code in (0, 1, 2), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    if result.exit_code:
+        assert [line for line in result.stderr.splitlines() if line.startswith("Error:")], result.output
+    assert not [c for c in result.stderr if unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} and c != "\n"]
+
+
+@pytest.fixture
+def pending_job(connection: Redis, media: Any) -> None:
+    """A pending job under JOB_ID and a picture, for the commands' valid arguments to name."""
+    photo(media.root / "photo.jpg")
+    Queue("default", connection=connection).enqueue("jobs.demo.sleep", 1, job_id=JOB_ID)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("path", "param"), fuzz_targets(), ids=fuzz_id)
+def test_every_value_of_every_option_is_taken_or_refused_in_one_line(
+    path: tuple[str, ...], param: click.Parameter, pending_job: None
+) -> None:
+    for value in HOSTILE:
+        assert_one_line_error_at_most(run(*command_line(path, param, value)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("path", "param"), fuzz_targets(), ids=fuzz_id)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.text(st.characters(exclude_categories=()), max_size=20) | st.integers().map(str))
+def test_random_values_of_every_option_are_taken_or_refused_in_one_line(
+    path: tuple[str, ...], param: click.Parameter, value: str, pending_job: None
+) -> None:
+    assert_one_line_error_at_most(run(*command_line(path, param, value)))

@@ -1,6 +1,8 @@
 """The dashboard: rq-dashboard behind a CSP with nonces, escaped job data, same-origin POST-only
-changes, read-only mode, basic auth off loopback, and a real headless Chromium that opens a failed job
-and requeues it."""
+changes, X-Forwarded-* headers only with RQKIT_DASHBOARD_PROXIES, read-only mode, basic auth off
+loopback, and a real headless Chromium that opens a failed job and requeues it. Markup in job data on
+every page: test_dashboard_markup.py; Redis passwords: test_dashboard_credentials.py; a real TLS proxy:
+test_dashboard_proxy.py."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from rq import Queue
 from rq.job import Job
 
 from config import get_settings
-from launcher.dashboard import create_app
+from launcher.dashboard import create_app, escape_all, plain
 from launcher.redis_server import free_port
 from tests.support import run, start_python, wait_until
 
@@ -79,6 +82,38 @@ def test_job_data_reach_the_raw_html_templates_escaped(
     assert listed["jobs"][0]["description"] == job.description
 
 
+def test_every_key_and_string_of_the_json_is_escaped(
+    client: FlaskClient, connection: Redis, run_jobs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RQKIT_JOB_FUNCTIONS", "tests.test_dashboard_markup.*")
+    get_settings.cache_clear()
+    result = {"<a>": [{"<b x='1'>": '"<i>"'}], "ok": {"<c>": [1, None, "<d>"]}}
+    job = Queue("default", connection=connection).enqueue("tests.test_dashboard_markup.echo", result)
+    run_jobs()
+    shown = get(client, f"/0/data/job/{job.id}.json").get_json()
+    assert shown["result"] == {
+        "&lt;a&gt;": [{"&lt;b x=&#39;1&#39;&gt;": "&#34;&lt;i&gt;&#34;"}],
+        "ok": {"&lt;c&gt;": [1, None, "&lt;d&gt;"]},
+    }
+
+
+def test_escaping_leaves_only_the_fields_the_templates_escape() -> None:
+    keep = frozenset({("jobs", "*", "description")})
+    data = {
+        "jobs": [{"description": "<x>", "id": "<y>", "<k>": {"description": "<z>"}}],
+        "description": "<w>",
+    }
+    assert escape_all(data, keep) == {
+        "jobs": [{"description": "<x>", "id": "&lt;y&gt;", "&lt;k&gt;": {"description": "&lt;z&gt;"}}],
+        "description": "&lt;w&gt;",
+    }
+
+
+def test_any_value_pickle_gives_is_serialized() -> None:
+    odd = {1: "a", None: "b", (1, "<t>"): {frozenset({2}): float("nan")}, "s": {3}, "b": b"<x>"}
+    assert plain(odd) == {1: "a", None: "b", "(1, '<t>')": {"frozenset({2})": "nan"}, "s": [3], "b": "b'<x>'"}
+
+
 def test_state_changes_take_post_from_this_origin_only(
     client: FlaskClient, connection: Redis, run_jobs: Any
 ) -> None:
@@ -90,6 +125,36 @@ def test_state_changes_take_post_from_this_origin_only(
     assert job.get_status(refresh=True) == "failed"
     assert post(client, f"/job/{job.id}/requeue").get_json() == {"status": "OK"}
     assert job.get_status(refresh=True) == "queued"
+
+
+def test_forwarded_headers_count_only_from_the_proxies_the_setting_names(
+    connection: Redis, run_jobs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app itself (no waitress, which also drops such headers unless RQKIT_DASHBOARD_PROXIES is set)."""
+    job = failed_job(connection, run_jobs, -1)
+    forwarded = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "dash.example",
+        "X-Forwarded-For": "1.2.3.4",
+    }
+    path = f"/job/{job.id}/requeue"
+    # Without the setting (0): ignored. A forged https Origin gets nowhere; the request's own does.
+    direct = create_app(get_settings()).test_client()
+    refused = direct.post(path, base_url=ORIGIN, headers={**forwarded, "Origin": "https://dash.example"})
+    assert refused.status_code == 403 and job.get_status(refresh=True) == "failed"
+    # Behind one proxy: its https Origin matches; another site's still does not.
+    monkeypatch.setenv("RQKIT_DASHBOARD_PROXIES", "1")
+    get_settings.cache_clear()
+    proxied = create_app(get_settings()).test_client()
+    refused = proxied.post(path, base_url=ORIGIN, headers={**forwarded, "Origin": "https://evil.example"})
+    assert refused.status_code == 403 and job.get_status(refresh=True) == "failed"
+    # ...and on loopback the Host it received must still be a loopback name, whatever it forwards.
+    rebound = proxied.post(
+        path, base_url="http://rebound.example:9181", headers={**forwarded, "Origin": "https://dash.example"}
+    )
+    assert rebound.status_code == 421 and job.get_status(refresh=True) == "failed"
+    allowed = proxied.post(path, base_url=ORIGIN, headers={**forwarded, "Origin": "https://dash.example"})
+    assert allowed.get_json() == {"status": "OK"} and job.get_status(refresh=True) == "queued"
 
 
 def test_read_only_refuses_every_change(
@@ -184,9 +249,9 @@ BROWSER_FLAGS = [
 ]
 
 
-@pytest.fixture
-def browser_page() -> Iterator[Any]:
-    """A page in a real headless Chromium; skipped, with the reason, where there is none."""
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """A real headless Chromium (playwright's Browser); the test is skipped, with the reason, without."""
     if not CHROMIUM:
         pytest.skip(
             "no headless browser: Debian's chromium is not installed (scripts/test installs it as root)"
@@ -194,11 +259,20 @@ def browser_page() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def browser_page() -> Iterator[Any]:
+    """A page in a real headless Chromium; skipped, with the reason, where there is none."""
+    with chromium() as browser:
         page = browser.new_page()
         page.set_default_timeout(15_000)
         yield page
-        browser.close()
 
 
 def test_a_browser_opens_a_failed_job_and_requeues_it(

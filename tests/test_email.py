@@ -232,7 +232,10 @@ def test_templates_escape_html_but_not_text(plain: Server, run_jobs: Any) -> Non
         ({"to": A, "template": "../../etc"}, "no template"),
         ({"to": A, "template": "welcome", "context": {"name": "Ann"}}, "'site' is undefined"),
         ({"to": A, "subject": "Hi", "text": "x", "attachments": ["../secret.txt"]}, "outside the media root"),
-        ({"to": A, "subject": "Hi", "text": "x", "attachments": ["missing.pdf"]}, "attachment not found"),
+        (
+            {"to": A, "subject": "Hi", "text": "x", "attachments": ["missing.pdf"]},
+            "email: attachment: no such file: missing.pdf",
+        ),
         ({"to": A, "subject": "Hi", "text": "x", "idempotency_key": " "}, "must be a non-empty string"),
     ],
 )

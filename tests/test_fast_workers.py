@@ -364,3 +364,22 @@ def test_the_toolkits_workers_default_to_the_toolkits_job_and_queue_classes() ->
 
     assert (ForkingWorker.job_class, ForkingWorker.queue_class) == (rq_classes.Job, rq_classes.Queue)
     assert (InProcessWorker.job_class, InProcessWorker.queue_class) == (rq_classes.Job, rq_classes.Queue)
+
+
+def test_a_worker_stops_listening_at_once_when_its_listener_reads_the_unsubscribe_first(
+    connection: Redis,
+) -> None:
+    """RQ stops a worker's command listener by sending UNSUBSCRIBE, then stopping the listener thread
+    and joining it for a second. When the thread reads the reply first (a busy machine) it waits for
+    the next message, up to 60 s: redis-py's stop() must not wait for that read (8.2.0 did)."""
+    worker = ForkingWorker(["default"], connection=connection)
+    worker.subscribe()
+    assert worker.pubsub is not None and worker.pubsub_thread is not None
+    time.sleep(0.3)
+    worker.pubsub.unsubscribe()
+    time.sleep(0.5)  # the listener reads the reply and waits again
+    started = time.monotonic()
+    worker.pubsub_thread.stop()
+    worker.pubsub_thread.join(timeout=1)
+    worker.pubsub.close()
+    assert time.monotonic() - started < 30

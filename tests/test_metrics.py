@@ -1,4 +1,5 @@
-"""The Prometheus endpoint, as a real process, after real job runs."""
+"""The Prometheus endpoint, as a real process, after real job runs; open on loopback to loopback names
+only, behind the dashboard's basic auth off loopback."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import httpx
 from redis import Redis
 from rq import Queue
 
 from jobs import enqueue
 from launcher.redis_server import free_port
-from tests.support import run, start_python
+from tests.support import run, start_python, wait_until
 
 
 def scrape(url: str) -> str:
@@ -63,3 +67,66 @@ def test_a_port_in_use_is_one_line() -> None:
         result = run("metrics", "--port", str(taken.getsockname()[1]))
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "metrics address 127.0.0.1:" in result.output and "is not free" in result.output
+
+
+def test_off_loopback_it_will_not_start_without_credentials() -> None:
+    result = run("metrics", "--host", "0.0.0.0")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output == (
+        "Error: metrics --host 0.0.0.0 is not loopback: "
+        "set RQKIT_DASHBOARD_USERNAME and RQKIT_DASHBOARD_PASSWORD for basic auth\n"
+    )
+
+
+@contextmanager
+def metrics_server(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`python cli.py metrics ARGS` on a free port, until it answers; the URL to reach it on loopback."""
+    port = free_port()
+    command = ["cli.py", "metrics", "--port", str(port), *args]
+    server = start_python(*command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def answers() -> bool:
+        try:
+            return bool(httpx.get(url, timeout=2).status_code)
+        except httpx.TransportError:
+            return server.poll() is not None
+
+    try:
+        wait_until(answers, what="the metrics server")
+        assert server.poll() is None
+        yield url
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(20) == 0
+
+
+CREDENTIALS = {"RQKIT_DASHBOARD_USERNAME": "ops", "RQKIT_DASHBOARD_PASSWORD": "s3cret-metrics"}
+
+
+def test_off_loopback_it_asks_for_the_dashboard_credentials(connection: Redis) -> None:
+    with metrics_server("--host", "0.0.0.0", env=CREDENTIALS) as url:
+        refused = httpx.get(url)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == 'Basic realm="rqkit"'
+        assert "rqkit_" not in refused.text
+        for wrong in (("ops", "wrong"), ("", "s3cret-metrics"), ("ops", "s3cret-metricsX"), ("ops", "")):
+            assert httpx.get(url, auth=wrong).status_code == 401, wrong
+        garbled = httpx.get(url, headers={"Authorization": "Basic !!!not-base64"})
+        assert garbled.status_code == 401
+        bearer = httpx.get(url, headers={"Authorization": "Bearer b3BzOnMzY3JldC1tZXRyaWNz"})
+        assert bearer.status_code == 401  # the right credentials, but not as basic auth
+        shown = httpx.get(url, auth=("ops", "s3cret-metrics"))
+        assert shown.status_code == 200 and "rqkit_queue_jobs" in shown.text
+        # Any Host will do off loopback: the credentials are what guard it there.
+        other = httpx.get(url, auth=("ops", "s3cret-metrics"), headers={"Host": "metrics.example:9182"})
+        assert other.status_code == 200
+
+
+def test_on_loopback_it_stays_open_to_loopback_names_only(connection: Redis) -> None:
+    with metrics_server(env=CREDENTIALS) as url:  # the credentials set do not apply on loopback
+        assert "rqkit_queue_jobs" in httpx.get(url).text
+        port = url.split(":")[2].split("/")[0]
+        assert httpx.get(url, headers={"Host": f"localhost:{port}"}).status_code == 200
+        # A web page whose name now points at 127.0.0.1 (DNS rebinding) reads nothing.
+        rebound = httpx.get(url, headers={"Host": f"rebound.example:{port}"})
+        assert rebound.status_code == 421 and "rqkit_" not in rebound.text

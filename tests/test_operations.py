@@ -7,7 +7,7 @@ from typing import Any
 
 from redis import Redis
 from rq import Queue
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.utils import now, utcformat
 
 from jobs import enqueue
@@ -181,3 +181,15 @@ def test_tag_indexes_lose_deleted_and_expired_jobs(connection: Redis, run_jobs: 
     assert sweep.return_value() == {"tags": 4, "entries": 7, "pruned": 6}
     assert [job_id.decode() for job_id in connection.zrange("rqkit:tag:batch:7", 0, -1)] == [kept["id"]]
     assert not connection.keys("rqkit:tag:one:*")
+
+
+def test_jobs_found_abandoned_at_different_times_make_one_group(connection: Redis) -> None:
+    """RQ's reason for an abandoned job says when it was found: that time doesn't split the group."""
+    queue = Queue("default", connection=connection)
+    for _ in range(3):
+        job = enqueue("sleep", 0)
+        job.set_status(JobStatus.STARTED)
+        connection.zadd(queue.started_job_registry.key, {f"{job.id}:execution": 1})  # expired long ago
+        queue.started_job_registry.cleanup()  # as a worker's sweep finds it, a moment after the last
+    [group] = run_json("failed", "list")
+    assert group["count"] == 3 and "due to AbandonedJobError, at <time>" in group["reason"]

@@ -6,29 +6,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from config.settings import PROJECT_ROOT
 from tests.rq_suite.suite import CLEARED, namespace, namespace_refused
+from tests.support import copy_of_repo
 
 pytestmark = pytest.mark.slow
-
-NOT_COPIED = shutil.ignore_patterns(
-    ".venv", ".git", "var", "__pycache__", ".hypothesis", ".mypy_cache", ".ruff_cache"
-)
 
 
 @pytest.mark.timeout(900)
 def test_every_shell_example_runs_as_printed(tmp_path: Path) -> None:
     if refused := namespace_refused():
         pytest.skip(refused)
-    copy = tmp_path / "rqkit"
-    shutil.copytree(PROJECT_ROOT, copy, ignore=NOT_COPIED)
+    copy = copy_of_repo(tmp_path)
     venv = Path(sys.executable).parent
     env = {
         name: value

@@ -190,3 +190,14 @@ def test_every_job_runs_under_a_memory_cap_that_is_lifted_after(monkeypatch: pyt
             bytearray(200 * 2**20)
     assert len(bytearray(200 * 2**20)) == 200 * 2**20  # the cap is gone again
     assert all(getattr(spec.func, "__wrapped__", None) for spec in JOBS.values())  # each under the policy
+
+
+def test_arguments_nested_too_deep_or_holding_themselves_are_refused_in_one_line() -> None:
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    itself: list[Any] = []
+    itself.append(itself)
+    for payload in (deep, itself):
+        with pytest.raises(JobInputError, match="nested more than 100 levels deep"):
+            enqueue("webhook", "http://127.0.0.1/hook", "paid", {"a": payload}, "SHOP")

@@ -196,6 +196,29 @@ def test_a_worker_stops_at_once_on_sigterm_while_redis_is_away(
     assert worker.wait(10) == 0
 
 
+def test_a_busy_worker_outlives_a_redis_outage_and_records_its_job(
+    own_redis: RedisServer, processes: Any, tmp_path: Path
+) -> None:
+    """Redis stops while the work-horse runs a job and comes back after it ended: the worker waits
+    (stock RQ's exits with a traceback), then records the job once; what it can't record meanwhile
+    (the run's metrics) is one line, not a traceback. (Without --with-scheduler: RQ's forked scheduler
+    dies of an outage with a traceback; the worker starts it again.)"""
+    connection = Redis.from_url(own_redis.url)
+    log = tmp_path / "worker.log"
+    args = [arg for arg in WORKER_ARGS if arg != "--with-scheduler"]
+    worker = processes("-m", "rq.cli", *args, "default", log=log)
+    wait_until(lambda: blocked_clients(connection), what="the worker")
+    job = enqueue("sleep", 3)
+    wait_until(lambda: job.get_status(refresh=True) == "started", what="the job to start")
+    own_redis.stop()
+    time.sleep(6)  # the job ends while Redis is away
+    assert worker.poll() is None
+    own_redis.start()
+    assert wait_for(job, timeout=60).status == "finished"
+    assert len(job.results()) == 1 and worker.poll() is None
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time a process has used, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,11 +15,11 @@ from redis import Redis
 from rq.job import Job
 from rq_scheduler import Scheduler
 
-from config import ConfigError, get_settings, load_settings
+from config import ConfigError, Settings, get_settings, load_settings
 from scheduler import periodic
 from scheduler import sync as schedule_store
 from scheduler.schedule import Entry, load_schedule
-from tests.support import wait_until
+from tests.support import run, run_json, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +44,7 @@ def configure(monkeypatch: pytest.MonkeyPatch, **entries: dict[str, Any]) -> Non
         ({"job": "sleep", "args": [0], "every": 60, "queue": "nope"}, "queue 'nope' is not configured"),
         ({"job": "sleep", "args": [0], "every": 60, "often": True}, "unknown field\\(s\\) often"),
         ({"job": "sleep", "args": [0], "every": 60, "timeout": 0}, "timeout must be a positive"),
+        ({"every": "30m"}, "no job: name one \\(a table of a default entry's name"),
     ],
 )
 def test_each_validation_error_names_the_entry(raw: dict[str, Any], message: str) -> None:
@@ -247,24 +249,130 @@ def test_a_cron_entry_fires_on_time_whatever_the_hosts_zone(
 def test_list_shows_next_and_last_runs_and_run_enqueues_one_now(
     monkeypatch: pytest.MonkeyPatch, connection: Redis, run_jobs: Any
 ) -> None:
-    from click.testing import CliRunner
-
-    from cli import cli
-
     monkeypatch.setenv("RQKIT_SCHEDULE_TIMEZONE", "Asia/Tokyo")
     configure(
         monkeypatch,
         daily={"job": "sleep", "args": [0], "cron": "0 9 * * *"},
         off={"job": "sleep", "args": [0], "every": 60, "enabled": False},
     )
-    runner = CliRunner()
-    assert runner.invoke(cli, ["schedule", "sync"]).exit_code == 0
-    rows = {row["name"]: row for row in json.loads(runner.invoke(cli, ["schedule", "list", "--json"]).stdout)}
-    assert rows["daily"]["next_run"].endswith("T09:00:00+09:00") and rows["daily"]["last_outcome"] is None
-    assert rows["off"]["next_run"] is None and not rows["off"]["enabled"]
-    ran = runner.invoke(cli, ["schedule", "run", "daily", "--json"])
-    assert ran.exit_code == 0, ran.output
+    assert run("schedule", "sync").exit_code == 0
+    rows = {row["name"]: row for row in run_json("schedule", "list")}
+    assert rows["daily"]["next_due"].endswith("T09:00:00+09:00") and rows["daily"]["last_outcome"] is None
+    assert rows["daily"]["last_run"] is None
+    assert rows["off"]["next_due"] is None and not rows["off"]["enabled"]
+    ran = run_json("schedule", "run", "daily")
     run_jobs()
-    rows = {row["name"]: row for row in json.loads(runner.invoke(cli, ["schedule", "list", "--json"]).stdout)}
-    assert rows["daily"]["last_outcome"] == "finished"
-    assert runner.invoke(cli, ["schedule", "run", "nope"]).exit_code == 2
+    rows = {row["name"]: row for row in run_json("schedule", "list")}
+    enqueued_at = Job.fetch(ran["id"], connection=connection).enqueued_at
+    assert enqueued_at is not None
+    assert rows["daily"]["last_outcome"] == "finished" and rows["daily"]["last_job"] == ran["id"]
+    assert rows["daily"]["last_run_by_hand"] is True and rows["daily"]["last_run_due"] is None
+    last_run = datetime.fromisoformat(rows["daily"]["last_run"])
+    assert last_run.utcoffset() == timedelta(hours=9) and abs(last_run - enqueued_at) < timedelta(seconds=1)
+    text = run("schedule", "list").output
+    assert text.splitlines()[0].split() == [
+        "entry",
+        "when",
+        "next",
+        "due",
+        "last",
+        "run",
+        "outcome",
+        "skipped",
+    ]
+    assert f"{rows['daily']['last_run']} (by hand)" in text
+    assert run("schedule", "run", "nope").exit_code == 2
+
+
+def test_list_shows_when_the_last_run_was_enqueued_and_the_due_time_it_served(
+    monkeypatch: pytest.MonkeyPatch, connection: Redis, processes: Any
+) -> None:
+    """A real rqscheduler enqueues the trigger; the list tells the run's time from its due time."""
+    configure(monkeypatch, tick={"job": "sleep", "args": [0], "every": 2})
+    schedule_store.sync()
+    scheduler = processes(*RQSCHEDULER)
+    processes(*WORKER)
+    state = lambda: connection.hgetall(periodic.state_key("tick"))  # noqa: E731
+    wait_until(lambda: b"last_job" in state(), what="the first run")
+    os.killpg(scheduler.pid, signal.SIGKILL)  # no more runs: the state holds still
+    scheduler.wait()
+    [row] = run_json("schedule", "list")
+    [due] = fired(connection, "tick")
+    job = Job.fetch(row["last_job"], connection=connection)
+    assert job.enqueued_at is not None
+    assert abs(datetime.fromisoformat(row["last_run"]) - job.enqueued_at) < timedelta(seconds=1)
+    assert row["last_run_due"] == datetime.fromtimestamp(due, UTC).isoformat()
+    assert row["last_run_by_hand"] is False
+    assert datetime.fromisoformat(row["next_due"]) > datetime.fromtimestamp(due, UTC)
+    assert f"{row['last_run']}  " in run("schedule", "list").output  # the run's time, not its due time
+
+
+def test_clear_forgets_runs_by_hand_too(monkeypatch: pytest.MonkeyPatch, connection: Redis) -> None:
+    configure(
+        monkeypatch,
+        synced={"job": "sleep", "args": [0], "every": 3600},
+        off={"job": "sleep", "args": [0], "every": 3600, "enabled": False},
+    )
+    schedule_store.sync()
+    run_json("schedule", "run", "synced")
+    run_json("schedule", "run", "off")  # never synced: only its run by hand is in Redis
+    assert run_json("schedule", "clear")["removed"] == ["off", "synced"]
+    for row in run_json("schedule", "list"):
+        assert (row["last_run"], row["last_job"], row["last_outcome"], row["next_due"]) == (None,) * 4
+    assert [key for key in connection.scan_iter("rqkit:schedule:*")] == []
+
+
+def test_a_table_in_the_file_adds_to_the_default_schedule(
+    monkeypatch: pytest.MonkeyPatch, connection: Redis, tmp_path: Any
+) -> None:
+    toml = tmp_path / "settings.toml"
+    toml.write_text(
+        '[schedule.nightly-report]\njob = "sleep"\nargs = [0]\ncron = "0 6 * * *"\n'
+        "[schedule.word-count-article]\nenabled = false\n"
+    )
+    monkeypatch.setenv("RQKIT_CONFIG", str(toml))
+    get_settings.cache_clear()
+    changes = run_json("schedule", "sync")
+    assert changes["added"] == sorted({*Settings().schedule, "nightly-report"} - {"word-count-article"})
+    rows = {row["name"]: row for row in run_json("schedule", "list")}
+    assert rows["word-count-article"]["enabled"] is False and rows["word-count-article"]["next_due"] is None
+    assert "disabled" in run("schedule", "list").output
+
+
+def test_sync_warns_of_an_interval_shorter_than_the_schedulers_look(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RQKIT_SCHEDULER_INTERVAL", "5")
+    configure(
+        monkeypatch,
+        tick={"job": "sleep", "args": [0], "every": 10},
+        fast={"job": "sleep", "args": [0], "every": 2},
+        hourly={"job": "sleep", "args": [0], "every": 3600},
+        off={"job": "sleep", "args": [0], "every": 1, "enabled": False},
+    )
+    synced = run("schedule", "sync")
+    assert synced.exit_code == 0
+    assert synced.stderr.splitlines() == [
+        f"warning: schedule entry '{name}' runs every {every}s, but rqscheduler looks every 60s "
+        f"(python -m scheduler: every 5s): it will run at most once per look"
+        for name, every in (("fast", 2), ("tick", 10))
+    ]
+    assert json.loads(run("schedule", "sync", "--json").stdout)["warnings"] == [
+        line.removeprefix("warning: ") for line in synced.stderr.splitlines()
+    ]
+    monkeypatch.delenv("RQKIT_SCHEDULE")
+    get_settings.cache_clear()
+    assert run("schedule", "sync").stderr == ""  # the defaults: release-due, every 60 s, is fine
+
+
+def test_an_entry_runs_at_most_once_per_look_of_the_scheduler(
+    monkeypatch: pytest.MonkeyPatch, connection: Redis, processes: Any
+) -> None:
+    """What the warning says: every 1 s, under a scheduler that looks every 3 s."""
+    configure(monkeypatch, tick={"job": "sleep", "args": [0], "every": 1})
+    assert run("schedule", "sync").stderr.startswith("warning: schedule entry 'tick' runs every 1s")
+    started = time.monotonic()
+    processes("-m", "rq_scheduler.scripts.rqscheduler", "-i", "3")
+    processes(*WORKER)
+    wait_until(lambda: len(fired(connection, "tick")) >= 2, what="two runs")
+    time.sleep(4)  # the time passing is what is tested
+    looks = (time.monotonic() - started) // 3 + 1
+    assert 2 <= len(fired(connection, "tick")) <= looks

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -13,7 +12,6 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from redis import Redis
@@ -25,64 +23,15 @@ from launcher.children import descendants
 from launcher.redis_server import RedisServer, free_port
 from tests.pictures import photo
 from tests.support import python, start_python, wait_until
+from tests.up_stack import Up, running_ups
 
 pytestmark = pytest.mark.slow
 
 
-class Up:
-    """A running `python cli.py up` and the CLI beside it, with a private environment."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
-        self.process = start_python(
-            "cli.py", "up", "--workers", "2", env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
-        )
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return python("cli.py", *args, env=self.env)
-
-    def cli_json(self, *args: str) -> Any:
-        done = self.cli(*args, "--json")
-        assert done.returncode == 0, done.stderr + done.stdout
-        return json.loads(done.stdout)
-
-    def ready(self) -> bool:
-        """Both of its workers registered (other tests' workers may share the server)."""
-        assert self.process.poll() is None, self.log.read_text()
-        done = self.cli("info", "--json")
-        if done.returncode:
-            return False
-        ours = descendants(self.process.pid)
-        return sum(worker["pid"] in ours for worker in json.loads(done.stdout)["workers"]) == 2
-
-    def stop(self, signum: int) -> int:
-        self.process.send_signal(signum)
-        return self.process.wait(60)
-
-
 @pytest.fixture
 def start_up(tmp_path: Path) -> Iterator[Callable[[str], Up]]:
-    started: list[Up] = []
-
-    def start(redis_url: str) -> Up:
-        env = {
-            "REDIS_URL": redis_url,
-            "RQKIT_VAR_DIR": str(tmp_path / "var"),
-            "RQKIT_DASHBOARD_PORT": str(free_port()),
-            "RQKIT_SCHEDULER_INTERVAL": "1",
-            "RQKIT_MEDIA_ROOT": str(tmp_path),
-            "RQKIT_SMTP_SINK_PORT": str(free_port()),
-        }
-        up = Up(env, tmp_path / "up.log")
-        started.append(up)
-        wait_until(up.ready, what="two workers")
-        return up
-
-    yield start
-    for up in started:
-        if up.process.poll() is None:
-            up.process.kill()
-            up.process.wait()
+    with running_ups(tmp_path) as start:
+        yield start
 
 
 def database_words(var: Path, table: str) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from redis import Redis
 from rq import Queue
 from rq.job import JobStatus
@@ -13,6 +15,7 @@ from sqlalchemy import Engine, insert
 
 from jobs import content, enqueue, stats, submit
 from ops.outcomes import wait_for
+from tests.support import run
 
 
 def add_comments(engine: Engine, bodies: list[str]) -> None:
@@ -91,3 +94,21 @@ def test_a_recount_scheduled_for_later_does_not_delay_one_asked_for_now(
     now = submit("word-count", ("comment",))
     assert not now.duplicate and Queue("maintenance", connection=connection).job_ids == [now.job.id]
     assert submit("word-count", ("comment",)).job.id == now.job.id
+
+
+def test_a_cache_value_that_is_not_a_count_reads_as_unknown(
+    connection: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever another writer left at the key (text, a negative number, a hash), no traceback."""
+    for corrupt in (
+        lambda: connection.set("comment/total_word_count", "lots"),
+        lambda: connection.set("comment/total_word_count", -3),
+        lambda: connection.hset("comment/total_word_count", "x", "1"),
+    ):
+        connection.delete("comment/total_word_count")
+        corrupt()
+        assert stats.total_word_count("comment", connection) is None
+        assert "word count at comment/total_word_count is unknown" in caplog.text
+        result = run("stats", "--json")
+        assert result.exit_code == 0 and "Traceback" not in result.output
+        assert json.loads(result.stdout) == {"comment": None, "article": None}

@@ -15,9 +15,9 @@ import logging
 import sys
 import time
 from base64 import b64decode
-from datetime import datetime
-from pathlib import Path
-from typing import Any, NamedTuple
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 from uuid import uuid4
 
 from redis.exceptions import RedisError
@@ -32,31 +32,22 @@ from rq.utils import get_version, now, utcformat
 from rq.worker import WorkerStatus
 
 from config import rq_classes
-from config.connection import separate_client
-from config.outage import REDIS_DOWN, OutageRetry
+from config.connection import reconnect, separate_client
+from config.outage import OutageRetry, is_outage, server_reply
+from config.settings import get_settings
+from workers.allowed import allowed_functions, guarded
+from workers.claims import (
+    CLAIM_SCRIPT,
+    SUSPENDED,
+    WHERE_INTERMEDIATE,
+    WHERE_NOWHERE,
+    WHERE_UNKNOWN,
+    Claimed,
+    Popped,
+    Success,
+    idle_wait,
+)
 from workers.paths import rq_path_reason
-
-SUSPENDED = "suspended"
-CLAIM_SCRIPT = (Path(__file__).parent / "claim.lua").read_text()
-
-
-class Success(NamedTuple):
-    """A plain success that the next script records: the job, its queue and execution, its result."""
-
-    job: Job
-    queue: Queue
-    execution: Execution
-    fields: list[Any]  # the result stream entry, as XADD's field-value list
-
-
-class Claimed(NamedTuple):
-    """A job as the claim script handed it over: enough to rebuild it in a work-horse."""
-
-    queue: str
-    job_id: str
-    fields: list[bytes]  # the job's hash, as HGETALL's field-value list
-    execution_id: str
-    started: datetime
 
 
 class FastWorker(rq_classes.Worker):
@@ -70,6 +61,9 @@ class FastWorker(rq_classes.Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        allowed = allowed_functions(get_settings())
+        if allowed is not None:  # only the registry's functions and the operator's (workers/allowed.py)
+            self.job_class = guarded(self.job_class, allowed)
         self._step = self.connection.register_script(CLAIM_SCRIPT)
         self._idle_ttl_at: float | None = None  # when the worker's key last got its idle TTL
         self._unrecorded: Success | None = None
@@ -101,13 +95,28 @@ class FastWorker(rq_classes.Worker):
         """RQ's heartbeat, skipped where it adds nothing: a success waits to be recorded (that script
         writes the worker's idle TTL), or the idle TTL was written less than a second ago. A claim, or
         a heartbeat during a job, writes a shorter TTL: after those it goes through, or the worker's
-        key could expire while it waits for the next job."""
+        key could expire while it waits for the next job. Redis away: one line, and the worker carries on."""
         if timeout is None and pipeline is None and not self.rq_path_reason:
             fresh = self._idle_ttl_at is not None and time.monotonic() - self._idle_ttl_at < 1
             if fresh or self._unrecorded is not None:
                 return
-        super().heartbeat(timeout, pipeline)
-        self._idle_ttl_at = time.monotonic() if timeout is None else None
+        with self.unless_away("no heartbeat"):
+            super().heartbeat(timeout, pipeline)
+            self._idle_ttl_at = time.monotonic() if timeout is None else None
+
+    @contextmanager
+    def unless_away(self, skipped: str) -> Iterator[None]:
+        """Skip a write that a later one makes good, in one line, if Redis is away or refuses writes."""
+        try:
+            yield
+        except RedisError as exc:
+            if not is_outage(exc):
+                raise
+            self.log.warning("Worker %s: Redis is away (%s): %s", self.name, server_reply(exc), skipped)
+
+    def set_shutdown_requested_date(self) -> None:
+        with self.unless_away("the stop asked for is not in its entry"):
+            super().set_shutdown_requested_date()
 
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
@@ -119,13 +128,14 @@ class FastWorker(rq_classes.Worker):
     def claim_or_wait(self, timeout: int | None, max_idle_time: int | None) -> tuple[Job, Queue] | None:
         """Claim the first job of the queues, in the script that records the last one's success; else
         wait for one as RQ does (BLMOVE into the queue's intermediate list for one queue, BLPOP for
-        several) and claim that."""
+        several) and claim that; a job popped before an outage is claimed once Redis is back."""
         burst = timeout is None
         idle_since = time.monotonic()
         outage = OutageRetry(self.log, f"Worker {self.name}")
+        popped: Popped | None = None  # taken off its queue by the wait, not claimed yet
         while True:
             try:
-                claimed = self.claim()
+                claimed, popped = self.claim(popped), None
                 if claimed == SUSPENDED:
                     # RQ's check: it waits while suspended, or stops a burst (an outage in it: below)
                     super().check_for_suspension(burst)
@@ -134,22 +144,30 @@ class FastWorker(rq_classes.Worker):
                     return claimed or None
                 self.go_idle()
                 assert timeout is not None
-                wait = timeout
-                if max_idle_time is not None:
-                    wait = max(1, min(wait, int(max_idle_time - (time.monotonic() - idle_since))))
-                popped = self.wait_for_job(wait)
-                if popped is None:
-                    if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
-                        return None
-                    continue
-                claimed = self.claim(*popped)
-                if claimed:
-                    return claimed
-            except REDIS_DOWN as exc:
-                self._state = WorkerStatus.IDLE  # nothing claimed: a SIGTERM from now on stops at once
-                if self._stop_requested:
+                popped = self.wait_for_job(idle_wait(timeout, max_idle_time, idle_since))
+                if (
+                    popped is None
+                    and max_idle_time is not None
+                    and time.monotonic() - idle_since >= max_idle_time
+                ):
                     return None
-                outage.wait(exc)
+            except RedisError as exc:
+                popped = popped and popped._replace(where=WHERE_UNKNOWN)  # its claim may not have happened
+                if self.stops_in_outage(exc, outage):
+                    return None
+
+    def stops_in_outage(self, exc: RedisError, outage: OutageRetry) -> bool:
+        """Wait out Redis being away (or refusing writes), unless a stop was asked for: then True. Any
+        other Redis error is raised."""
+        if not is_outage(exc):
+            raise exc
+        self._state = WorkerStatus.IDLE  # nothing claimed: a SIGTERM from now on stops at once
+        reconnect(self.connection)
+        reconnect(self._waiting)
+        if self._stop_requested:
+            return True
+        outage.wait(exc)
+        return False
 
     def go_idle(self) -> None:
         """What RQ's worker does before it waits for a job, and the next horse made ready."""
@@ -160,32 +178,32 @@ class FastWorker(rq_classes.Worker):
             self.run_maintenance_tasks()  # (it may fork a scheduler: before the spare's pipes exist)
         self.get_ready()
 
-    def wait_for_job(self, timeout: int) -> tuple[str, str, bool] | None:
-        """Block until a job id arrives: (queue key, job id, whether it went to the intermediate list)."""
+    def wait_for_job(self, timeout: int) -> Popped | None:
+        """Block until a job id arrives."""
         keys = [queue.key for queue in self._ordered_queues]
         try:
             if len(keys) == 1 and get_version(self.connection) >= (6, 2, 0):
                 got = Queue.lmove(self._waiting, keys[0], timeout)
-                return keys[0], got[1].decode(), True
+                return Popped(keys[0], got[1].decode(), WHERE_INTERMEDIATE)
             key, job_id = Queue.lpop(keys, timeout, connection=self._waiting)
-            return key.decode(), job_id.decode(), False
+            return Popped(key.decode(), job_id.decode(), WHERE_NOWHERE)
         except DequeueTimeout:
             return None
 
-    def claim(self, queue_key: str = "", job_id: str = "", intermediate: bool = False) -> Any:
+    def claim(self, popped: Popped | None = None) -> Any:
         """Record the last success, and start the next job (or the one already popped): (job, queue),
         SUSPENDED, or None."""
         started = now()
         execution_id = uuid4().hex
-        keys = [queue_key] if queue_key else [queue.key for queue in self._ordered_queues]
+        keys = [popped.queue_key] if popped else [queue.key for queue in self._ordered_queues]
         claim = [
             RQ_KEY_PREFIX,
             self.name,
             started.timestamp(),
             utcformat(started),
             execution_id,
-            job_id,
-            int(intermediate),
+            popped.job_id if popped else "",
+            popped.where if popped else WHERE_NOWHERE,
             self.job_monitoring_interval,
             self.heartbeat_grace,
             int(self.in_process),
@@ -270,12 +288,7 @@ class FastWorker(rq_classes.Worker):
                 return None
             if not claimed:
                 self._idle_ttl_at = time.monotonic()  # the record wrote the idle TTL, and nothing after it
-            self.job_line(
-                "Worker %s: %s: Job OK (%s)",
-                self.name,
-                success.queue.name,
-                success.job.id,
-            )
+            self.job_line("Worker %s: %s: Job OK (%s)", self.name, success.queue.name, success.job.id)
         return reply
 
     def record(self) -> None:
@@ -295,8 +308,9 @@ class FastWorker(rq_classes.Worker):
         self.set_state(WorkerStatus.IDLE)
 
     def run_maintenance_tasks(self) -> None:
-        self.record()
-        super().run_maintenance_tasks()
+        with self.unless_away("no maintenance now"):
+            self.record()
+            super().run_maintenance_tasks()
 
     def teardown(self) -> None:
         try:
@@ -316,14 +330,16 @@ class FastWorker(rq_classes.Worker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run the claimed job; a plain success is recorded by the next script, at the latest when
-        the worker is about to wait, sweep or stop."""
+        the worker is about to wait, sweep or stop. An end that Redis can't take is found abandoned later."""
         if self.rq_path_reason:
             return self.execute_as_rq(job, queue)
         execution = next(iter(self.executions.values()))
-        self._unrecorded = self.perform(job, queue, execution)
+        with self.unless_away(f"job {job.id} ended unrecorded"):
+            self._unrecorded = self.perform(job, queue, execution)
         if self._unrecorded is None:
             self.executions.pop(execution.id, None)
-            self.set_state(WorkerStatus.IDLE)
+            with self.unless_away("its state is not idle yet"):
+                self.set_state(WorkerStatus.IDLE)
         self._state = WorkerStatus.IDLE  # in Redis too, once recorded
 
     def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:

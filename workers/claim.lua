@@ -13,7 +13,10 @@
 -- ARGV[n+2 ..], the claim:
 --   1 RQ's key prefix           2 worker name          3 now (epoch seconds)  4 now (RQ's date format)
 --   5 execution id              6 the job id a blocking wait popped ('' to pop here)
---   7 '1' if that id sits in KEYS[1]'s intermediate list (BLMOVE), else '0'
+--   7 where that id sits: '0' nowhere (BLPOP), '1' in KEYS[1]'s intermediate list (BLMOVE), '2' not
+--     known: it was popped before an outage, so after a failover it may be back in its queue. Either
+--     way but '1', a job no longer queued (another worker took it) is left alone, and a copy put back
+--     on its queue is taken out
 --   then the heartbeat rule: 8 monitoring interval, 9 grace, 10 '1' for an in-process worker,
 --   11 RQ's default worker TTL
 --
@@ -69,7 +72,16 @@ local function claim(a)
   local qkey
   if id ~= '' then
     qkey = KEYS[1]
-    if a[7] == '1' then redis.call('LREM', qkey .. ':intermediate', 1, id) end
+    if a[7] == '1' then
+      -- the entry BLMOVE put there is this worker's title to the job: gone, someone else took it
+      if redis.call('LREM', qkey .. ':intermediate', 1, id) == 0 then return {} end
+    else
+      -- A BLPOP's reply can come late (a host cut off, then back): by then the orphan recovery (or a
+      -- failover) may have put the job back on its queue, or another worker run it.
+      if redis.call('HGET', prefix .. ':job:' .. id, 'status') ~= 'queued' then return {} end
+      redis.call('LREM', qkey, 0, id)
+      if a[7] == '2' then redis.call('LREM', qkey .. ':intermediate', 0, id) end
+    end
     if redis.call('EXISTS', prefix .. ':job:' .. id) == 0 then return {} end
   else
     if redis.call('EXISTS', prefix .. ':suspended') == 1 then return {'suspended'} end

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import logging
 import os
 import pickle
 import select
@@ -13,11 +14,14 @@ import time
 from contextlib import suppress
 from typing import Any, NamedTuple
 
+from redis.exceptions import RedisError
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 
-from workers.base import Claimed, FastWorker, Success
+from config.outage import OutageRetry, is_outage
+from workers.base import FastWorker
+from workers.claims import Claimed, Success
 
 STARTED = b"S"  # what a work-horse says as it starts its job, before it reports the outcome
 
@@ -43,11 +47,19 @@ class ForkingWorker(FastWorker):
     _horse_exit: int | None = None  # a pidfd: readable once the horse has exited
     _report: bytearray | None = None
     _horse_status: int | None = None
+    _beats: OutageRetry | None = None  # the back-off of a job's heartbeats while Redis is away
 
     def execute_as_rq(self, job: Job, queue: Queue) -> None:
         """RQ's Worker.execute_job (the class past FastWorker): a horse forked for the job, running RQ's
         perform_job."""
         super(FastWorker, self).execute_job(job, queue)
+
+    def bootstrap(self, logging_level: str | None = None, *args: Any, **kwargs: Any) -> None:
+        """RQ's, with RQ's job logger at the worker's level: `rq worker` gives it none, so RQ's line for a
+        retry (`Job ...: enqueued for retry`) went missing, and a job whose horse died, rerun and
+        finished, read as failed in the log."""
+        level = logging_level or logging.getLevelName(self.log.getEffectiveLevel())
+        super().bootstrap(level, *args, **kwargs)
 
     def get_ready(self) -> None:
         if self._spare is None:
@@ -102,6 +114,21 @@ class ForkingWorker(FastWorker):
             with suppress(Exception):  # import it here, once, for every later horse
                 importlib.import_module(module)
         return Success(job, queue, execution, fields)
+
+    def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
+        """RQ's, while the horse runs; Redis away, the horse runs on, and each failed heartbeat is one line
+        and the back-off of config/outage.py before the next (RQ's loop quits on a TimeoutError)."""
+        try:
+            super().maintain_heartbeats(job, execution)
+        except RedisError as exc:
+            if not is_outage(exc):
+                raise
+            who = f"Worker {self.name}: heartbeat of job {job.id}"
+            if self._beats is None or self._beats.who != who:
+                self._beats = OutageRetry(self.log, who)
+            self._beats.wait(exc)
+        else:
+            self._beats = None  # a next outage starts the back-off over
 
     def fork_horse(self, spare: bool) -> Horse:
         """A horse waiting for its job; a spare one (forked while idle) rehearses, and says when it

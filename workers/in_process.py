@@ -11,7 +11,8 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.worker import WorkerStatus
 
-from workers.base import FastWorker, Success
+from workers.base import FastWorker
+from workers.claims import Success
 
 
 class InProcessWorker(FastWorker):

@@ -110,6 +110,7 @@ def environment(classes: str, workdir: Path) -> dict[str, str]:
         "RQKIT_RQ_SUITE_CLASSES": classes,
         "RQKIT_VAR_DIR": str(workdir / "var"),
         "RQKIT_CONFIG": str(config),
+        "RQKIT_JOB_FUNCTIONS": "*",  # RQ's tests run functions of their own and of the stdlib, as RQ does
         # The plugin. Not the repo root: its tests/ would hide RQ's from the processes RQ's tests start;
         # the toolkit's packages come from the editable install (the plugin checks it is this tree).
         "PYTHONPATH": str(HERE),

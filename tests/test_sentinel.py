@@ -1,0 +1,146 @@
+"""One redis+sentinel URL (with the master's and the sentinels' passwords from the environment) serves
+every part: the CLI, both toolkit workers and stock RQ's, the scheduler, the dashboard and metrics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from launcher.redis_server import free_port
+from tests.sentinels import SentinelGroup
+from tests.support import python, start_python, wait_until
+
+pytestmark = pytest.mark.slow
+
+MASTER_SECRET, SENTINEL_SECRET = "master-secret-1", "sentinel-secret-2"
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    servers = SentinelGroup(tmp_path_factory.mktemp("sentinel"), password=MASTER_SECRET)
+    servers.sentinel_password = SENTINEL_SECRET
+    yield servers.start()
+    servers.stop()
+
+
+@pytest.fixture
+def env(group: SentinelGroup) -> dict[str, str]:
+    group.admin(group.master()).flushdb()
+    return group.env
+
+
+@pytest.fixture
+def master(group: SentinelGroup) -> Redis:
+    return group.admin(group.master())
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    done = python("cli.py", *args, env=env)
+    assert MASTER_SECRET not in done.stdout + done.stderr and SENTINEL_SECRET not in done.stdout + done.stderr
+    return done
+
+
+def test_the_cli_enqueues_and_lists_through_the_sentinels(env: dict[str, str], master: Redis) -> None:
+    done = cli(env, "enqueue", "word-count", "comment")
+    assert done.returncode == 0, done.stderr
+    assert master.llen("rq:queue:maintenance") == 1
+    queues = {queue["name"]: queue for queue in json.loads(cli(env, "info", "--json").stdout)["queues"]}
+    assert queues["maintenance"]["queued"] == 1
+
+
+@pytest.mark.parametrize("worker_class", ["workers.ForkingWorker", "workers.InProcessWorker", "rq.Worker"])
+def test_every_worker_runs_jobs_and_stops_when_asked(
+    env: dict[str, str], master: Redis, worker_class: str
+) -> None:
+    """`workers stop` reaches a Sentinel-connected worker: stock RQ's ignored it (rq/rq#2268)."""
+    assert cli(env, "enqueue", "word-count", "comment").returncode == 0
+    worker = start_python(
+        "-m", "rq.cli", "worker", "-c", "config.rq", "-w", worker_class, "maintenance",
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: master.llen("rq:queue:maintenance") == 0 and master.zcard("rq:wip:maintenance") == 0
+        )
+        finished = master.zrange("rq:finished:maintenance", 0, -1)
+        assert len(finished) == 1
+        name = wait_until(
+            lambda: [key.split(":")[-1] for key in master.keys("rq:worker:*") if ":" not in key[10:]]
+        )
+        assert cli(env, "workers", "stop", name[0]).returncode == 0
+        asked = time.monotonic()
+        assert worker.wait(30) == 0
+        assert time.monotonic() - asked < 15
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_the_scheduler_fires_through_the_sentinels(
+    env: dict[str, str], master: Redis, tmp_path: Path
+) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text('[schedule.tick]\njob = "word-count"\nargs = ["comment"]\nevery = 1\n')
+    env = {**env, "RQKIT_CONFIG": str(config)}
+    assert cli(env, "schedule", "sync").returncode == 0
+    scheduler = start_python(
+        "-m", "scheduler", "-i", "0.5", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(lambda: master.llen("rq:queue:maintenance") >= 1, timeout=30)
+    finally:
+        scheduler.terminate()
+        scheduler.wait(30)
+
+
+@pytest.mark.parametrize("command", ["dashboard", "metrics"])
+def test_the_dashboard_and_metrics_read_through_the_sentinels(
+    env: dict[str, str], master: Redis, command: str
+) -> None:
+    assert cli(env, "enqueue", "word-count", "comment").returncode == 0
+    port = free_port()
+    server = start_python("cli.py", command, "--port", str(port), env=env, stderr=subprocess.DEVNULL)
+    path = "/0/data/queues.json" if command == "dashboard" else "/metrics"
+    try:
+        body = wait_until(lambda: fetch(f"http://127.0.0.1:{port}{path}"), timeout=30)
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert "maintenance" in body
+    assert MASTER_SECRET not in body and SENTINEL_SECRET not in body
+
+
+def fetch(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
+
+
+def test_a_bad_sentinel_url_is_one_line(env: dict[str, str]) -> None:
+    done = cli({**env, "REDIS_URL": "redis+sentinel://127.0.0.1:26379"}, "info")
+    assert done.returncode != 0 and "names the master's service" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_rq_redis_url_beside_the_settings_is_refused_by_config_rq(env: dict[str, str]) -> None:
+    """RQ's --url reads RQ_REDIS_URL before the settings module: it would pin the worker to one server."""
+    done = python(
+        "-m",
+        "rq.cli",
+        "worker",
+        "-c",
+        "config.rq",
+        "--burst",
+        env={**env, "RQ_REDIS_URL": "redis://127.0.0.1:1/0"},
+    )
+    assert done.returncode != 0 and "config.rq: RQ_REDIS_URL is set and differs from REDIS_URL" in done.stderr
+    assert "Traceback" not in done.stderr
