@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -344,7 +345,7 @@ def thumbnails(
     places = images.Places.from_settings(settings)
     kwargs = thumbnail_kwargs(sizes, fmt)
     spec = images.ThumbnailSpec.build(kwargs.get("sizes"), kwargs.get("format"), settings)
-    if isinstance(places.media_root, Path) and not Path(directory).is_dir():
+    if isinstance(places.media_root, Path) and not os.path.isdir(directory):  # False on any OSError
         raise click.BadParameter(f"{directory!r} is not a folder", param_hint="'DIRECTORY'")
     try:
         names = places.media.names(as_argument(directory, settings))
