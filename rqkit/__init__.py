@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,7 @@ class Toolkit:
                 self._child.stdin.flush()
                 answer = json.loads(self._read_line(self.timeout))
             except (OSError, EOFError, ValueError, TimeoutError) as exc:
-                self._stop()
+                self._stop(kill=True)
                 raise Unavailable(
                     f"the toolkit's gateway did not answer ({exc}); the call may or may not "
                     "have been carried out"
@@ -168,7 +169,7 @@ class Toolkit:
         try:
             ready = json.loads(self._read_line(START_TIMEOUT))
         except (OSError, EOFError, ValueError, TimeoutError) as exc:
-            self._stop()
+            self._stop(kill=True)
             raise Unavailable(f"the toolkit's gateway did not start ({exc}); its error is above") from None
         if "error" in ready:
             self._stop()
@@ -190,13 +191,18 @@ class Toolkit:
         line, _, self._pending = self._pending.partition(b"\n")
         return line
 
-    def _stop(self) -> None:
+    def _stop(self, kill: bool = False) -> None:
+        """Close the gateway's pipes (it exits when its input ends), and kill it if it must go now or
+        has not gone within 5 s."""
         child, self._child = self._child, None
         if child is None:
             return
+        if kill:
+            child.kill()
         for stream in (child.stdin, child.stdout):
             if stream is not None:
-                stream.close()
+                with suppress(OSError):
+                    stream.close()
         try:
             child.wait(5)
         except subprocess.TimeoutExpired:
