@@ -26,6 +26,8 @@ from tests.s3 import S3Store
 from tests.support import start_python
 from workers import InProcessWorker
 
+pytest_plugins = ["tests.databases"]  # database_url: SQLite, PostgreSQL and MariaDB
+
 CLEARED = ("REDIS_URL", "RQ_REDIS_URL", "DATABASE_URL", "RQ_CONFIG")
 
 

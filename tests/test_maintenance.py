@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -115,24 +114,6 @@ def stores(monkeypatch: pytest.MonkeyPatch, connection: Redis) -> Any:
         monkeypatch.setenv("RQKIT_MAINTENANCE_BATCH_SIZE", str(BATCH))
 
     return configure
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh SQLite file; or the PostgreSQL server named by RQKIT_TEST_POSTGRES_URL, if there is one."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'app.db'}"
-        return
-    url = os.environ.get("RQKIT_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip(
-            "no PostgreSQL server for this run: set RQKIT_TEST_POSTGRES_URL (with psycopg) to test on one"
-        )
-    yield url
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        for name in ("django_session", "sessions"):
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
 
 
 @pytest.mark.parametrize("preset", ["django", "rails", "flask"])

@@ -1,4 +1,5 @@
-"""The cached total word count: streamed count, one GET to read, at most one pending recount."""
+"""The cached total word count: streamed count, one GET to read, at most one pending recount; on SQLite,
+PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from sqlalchemy import Engine, insert
 from jobs import content, enqueue, stats, submit
 from ops.outcomes import wait_for
 from tests.support import run
+
+
+@pytest.fixture
+def engine(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """The content database, fresh for each test, on SQLite, PostgreSQL and MariaDB in turn."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    return content.content_engine(database_url)
 
 
 def add_comments(engine: Engine, bodies: list[str]) -> None:

@@ -26,11 +26,13 @@ def expire_sql_sessions(
     rule = sql_rule(config)
     engine = session_engine(config.get("url") or settings.sqlalchemy_url, settings, report.dry_run)
     table = reflect(engine, rule["table"])
-    moment = (now or datetime.now(UTC)).replace(tzinfo=None)  # session columns hold naive UTC times
+    moment = now or datetime.now(UTC)
     if "expiry_column" in rule:
-        expired = column(table, rule["expiry_column"]) < moment
+        expired = before(column(table, rule["expiry_column"]), moment)
     else:
-        expired = column(table, rule["updated_column"]) < moment - timedelta(seconds=float(rule["max_age"]))
+        expired = before(
+            column(table, rule["updated_column"]), moment - timedelta(seconds=float(rule["max_age"]))
+        )
     key = column(table, rule["key_column"])
     batch = settings.maintenance_batch_size
     with engine.connect() as conn:
@@ -39,9 +41,8 @@ def expire_sql_sessions(
                 lambda: conn.execute(select(func.count()).where(expired)).scalar_one()
             )
             return
-    while True:
-        with engine.begin() as conn:
-            found, deleted = report.timed(lambda: delete_batch(conn, table, key, expired, batch))
+    while True:  # each batch timed from its transaction's start to its commit
+        found, deleted = report.timed(lambda: delete_batch(engine, table, key, expired, batch))
         report.batches += 1
         report.examined += found
         report.deleted += deleted
@@ -62,12 +63,22 @@ def session_engine(url: str, settings: Settings, dry_run: bool) -> Engine:
     return database_engine(url)
 
 
-def delete_batch(conn: Any, table: Table, key: Any, expired: Any, batch: int) -> tuple[int, int]:
-    """Rows found and rows deleted: the delete repeats the rule, so a session renewed meanwhile stays."""
-    keys = list(conn.execute(select(key).where(expired).limit(batch)).scalars())  # no ORDER BY: index scan
-    if not keys:
-        return 0, 0
-    return len(keys), conn.execute(delete(table).where(key.in_(keys)).where(expired)).rowcount
+def before(column: Any, moment: datetime) -> Any:
+    """`column < moment` (an aware UTC time). Frameworks write naive UTC times, except into a column that
+    keeps the zone (Django's on PostgreSQL: timestamp with time zone), which is compared with the aware
+    time: a naive one would be read in the server's TimeZone."""
+    return column < (moment if getattr(column.type, "timezone", False) else moment.replace(tzinfo=None))
+
+
+def delete_batch(engine: Engine, table: Table, key: Any, expired: Any, batch: int) -> tuple[int, int]:
+    """One transaction: rows found and rows deleted. The delete repeats the rule, so a session renewed
+    meanwhile stays."""
+    with engine.begin() as conn:
+        # no ORDER BY: the expiry column's index is read from its start, no sort
+        keys = list(conn.execute(select(key).where(expired).limit(batch)).scalars())
+        if not keys:
+            return 0, 0
+        return len(keys), conn.execute(delete(table).where(key.in_(keys)).where(expired)).rowcount
 
 
 def reflect(engine: Engine, name: str) -> Table:
