@@ -16,10 +16,12 @@ import pytest
 from config.settings import PROJECT_ROOT
 from tests.support import python
 
-PACKAGES = ("config", "workers", "jobs", "scheduler", "ops", "launcher", "commands")
+PACKAGES = ("config", "workers", "jobs", "scheduler", "ops", "launcher", "commands", "rqkit")
 # What each part may import besides itself: entry points (cli.py, commands/) -> launcher -> ops ->
 # scheduler -> jobs -> config, and launcher -> workers -> config. config/rq.py, the module that RQ's
-# CLI imports (`rq worker -c config.rq`), is an entry point too: it preloads through the engine.
+# CLI imports (`rq worker -c config.rq`), is an entry point too: it preloads through the engine. The web
+# apps' client, rqkit/__init__.py, imports none of them (nor anything but the standard library, below):
+# its gateway process, rqkit/gateway.py, is the entry point that reaches the toolkit.
 MAY_IMPORT = {
     "cli": {"commands", "config", "jobs"},
     "commands": {"launcher", "ops", "scheduler", "jobs", "config"},
@@ -30,7 +32,11 @@ MAY_IMPORT = {
     "workers": {"config"},
     "config": set(),
     "config/rq.py": {"workers", "config"},
+    "rqkit": set(),
+    "rqkit/gateway.py": {"ops", "jobs", "config"},
 }
+EXAMPLES = PROJECT_ROOT / "examples"
+FRAMEWORKS = {"flask", "django", "rqkit"}  # all an example may import besides the standard library and itself
 LONGEST_MODULE = 400
 # Third-party packages that only some jobs need, and the job modules that may load them.
 HEAVY = (
@@ -91,6 +97,22 @@ def test_the_import_rule_catches_an_import_that_runs_back() -> None:
     assert backward_imports("config", "def f():\n    from launcher import stack\n") == {"launcher"}
     assert backward_imports("workers", "import jobs.demo\n") == {"jobs"}
     assert backward_imports("config/rq.py", "from workers.preload import preload\n") == set()
+
+
+def test_the_web_apps_client_imports_only_the_standard_library() -> None:
+    found = imported((PROJECT_ROOT / "rqkit" / "__init__.py").read_text())
+    assert found - set(sys.stdlib_module_names) == set()
+
+
+def test_examples_import_only_their_framework_rqkit_and_themselves() -> None:
+    """A web app reaches the toolkit through rqkit alone; the names of its own modules are its own."""
+    wrong = {}
+    for example in sorted(path for path in EXAMPLES.iterdir() if path.is_dir()):
+        own = {path.stem for path in example.iterdir() if path.suffix == ".py" or path.is_dir()}
+        for path in sorted(example.rglob("*.py")):
+            if found := imported(path.read_text()) - set(sys.stdlib_module_names) - FRAMEWORKS - own:
+                wrong[path.relative_to(PROJECT_ROOT).as_posix()] = sorted(found)
+    assert wrong == {}
 
 
 def test_no_module_is_long() -> None:

@@ -12,7 +12,7 @@ from config.settings import PROJECT_ROOT
 CHECKS = {
     "ruff check": ["ruff", "check", "."],
     "ruff format": ["ruff", "format", "--check", "."],
-    "mypy": ["mypy", "config", "workers", "jobs", "scheduler", "ops", "launcher", "commands", "cli.py"],
+    "mypy": ["mypy", *"config workers jobs scheduler ops launcher commands rqkit cli.py".split()],
 }
 
 
