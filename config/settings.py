@@ -82,7 +82,7 @@ class Settings:
     api_max_body_kb: int = 256
     api_store_ttl: int = 3600
     api_rate_limits: tuple[str, ...] = ()  # "host=10/s" or "host=600/m", shared by every worker
-    maintenance_batch_size: int = 1000
+    maintenance_batch_size: int = 500  # rows per SQL transaction: bench/sessions_sql.py
     job_memory_mb: int = 2048  # every job's cap over its work-horse's size at start
     # Tables in the TOML file, JSON in the environment; see jobs/maintenance.py for the fields.
     session_stores: dict[str, dict[str, Any]] = dataclasses.field(

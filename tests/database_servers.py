@@ -33,7 +33,8 @@ class DatabaseUnavailable(Exception):
 
 class DatabaseServer:
     """One server: start() (at once, or begin() in a thread and ready() later), create()/drop() a
-    database, url() for SQLAlchemy, stop(). `fast` turns off what makes commits durable (tests only)."""
+    database, url() for SQLAlchemy, stop(). `fast` turns off what makes commits durable (tests only);
+    `settings` are more of the server's own (the benchmark's buffer pool)."""
 
     kind = ""
     scheme = ""
@@ -41,8 +42,9 @@ class DatabaseServer:
     missing = ""  # what to install when the binaries are not found
     stop_signal = signal.SIGTERM
 
-    def __init__(self, fast: bool = True) -> None:
+    def __init__(self, fast: bool = True, settings: dict[str, str] | None = None) -> None:
         self.fast = fast
+        self.settings = settings or {}
         self.port = free_port()
         self.folder: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
@@ -213,7 +215,7 @@ class PostgresServer(DatabaseServer):
         }
         if self.fast:
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
-        options = [f"-c{name}={value}" for name, value in settings.items()]
+        options = [f"-c{name}={value}" for name, value in (settings | self.settings).items()]
         return [binaries["postgres"], "-D", str(self.folder / "data"), *options]
 
     def create_sql(self, name: str) -> str:
@@ -261,7 +263,7 @@ class MariaDBServer(DatabaseServer):
 
     def command(self, binaries: dict[str, str]) -> list[str]:
         assert self.folder is not None
-        options = {
+        options: dict[str, object] = {
             "datadir": self.folder / "data",
             "socket": self.folder / "mariadb.sock",
             "pid-file": self.folder / "mariadb.pid",
@@ -275,7 +277,7 @@ class MariaDBServer(DatabaseServer):
         }
         if self.fast:
             options |= {"innodb-flush-log-at-trx-commit": 0, "innodb-doublewrite": 0}
-        flags = [f"--{name}={value}" for name, value in options.items()]
+        flags = [f"--{name}={value}" for name, value in (options | self.settings).items()]
         return [binaries["mariadbd"], "--no-defaults", *flags, "--skip-name-resolve"]
 
     def url(self, database: str) -> str:

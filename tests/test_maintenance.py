@@ -25,6 +25,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
 )
 
 from cli import cli
@@ -155,6 +156,26 @@ def test_a_dry_run_from_the_cli_deletes_nothing_and_says_what_it_would(
         "status": "dry run",
     }
     assert len(remaining(url, "django")) == ROWS and keep < remaining(url, "django")
+
+
+def test_sessions_that_expired_in_the_same_second_all_go(
+    database_url: str, stores: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches walk the expiry column's index, each from where the last ended: rows of one time that
+    straddle two batches all go, also where SQLite keeps the time as it was written (no fraction)."""
+    table, _ = schema("django")
+    engine = create_engine(database_url)
+    table.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO django_session VALUES (:key, '{}', :when)"),
+            [{"key": f"s{i:02}", "when": "2024-01-02 03:04:05"} for i in range(12)]
+            + [{"key": "live", "when": "2999-01-01 00:00:00"}],
+        )
+    engine.dispose()
+    stores(app={"kind": "sql", "preset": "django", "url": database_url})
+    monkeypatch.setenv("RQKIT_MAINTENANCE_BATCH_SIZE", "5")
+    assert (expire_sessions("app")["deleted"], remaining(database_url, "django")) == (12, {"live"})
 
 
 def test_a_custom_table_and_columns(tmp_path: Path, stores: Any) -> None:
