@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -119,6 +120,9 @@ def serve(requests: IO[bytes], replies: IO[str]) -> None:
 
 
 def main() -> None:
+    # Ctrl-C in the app's terminal reaches its whole process group: the app decides whether to stop, and
+    # the gateway goes when the app closes its pipe (no KeyboardInterrupt traceback, no request cut off).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the pipe is the protocol's alone:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # whatever else prints goes to the app's stderr
