@@ -2,8 +2,9 @@
 PID 1 of network and PID namespaces of its own (tests/test_readme_examples.py starts it under
 `unshare`), so that the defaults they rely on (Redis on 127.0.0.1:6379, the dashboard on :9181, the
 SMTP sink on :8025) are private to the run. The long-running commands (Redis, the sink, workers,
-schedulers, dashboard, metrics) start first, in the order printed, and must stay up; then every other
-command runs, in the order printed, and must exit 0. Writes REPORT (JSON): what failed, and why.
+schedulers, dashboard, metrics, the example web apps) start first, in the order printed, and must stay
+up; then every other command runs, in the order printed, and must exit 0. Writes REPORT (JSON): what
+failed, and why.
 Usage: python -m tests.readme_driver REPORT (from a copy of the repo, which it may write into)."""
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ SERVICES = (
     ["python", "-m", "scheduler"],
     ["rq", "worker"],
     ["rqscheduler"],
+    ["flask", "--app"],  # the example web apps (README: From a web app)
+    ["python", "examples/django_site/manage.py", "runserver"],
 )
 NOT_RUN = ("scripts/", "source ")  # the quick start and the suite itself (tests/test_up.py runs `up`)
 SETTLE = 8.0  # s the services get to start before the examples run
