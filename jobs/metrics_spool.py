@@ -2,7 +2,8 @@
 
 A run's counts go to Redis at once, in one pipeline with any counts waiting in the spool
 (`var/metrics-spool/`). When Redis is away, all of them go back to the spool as one file, so the spool
-stays a few small files however long the outage (its size grows with the kinds of job, not the runs).
+stays a few small files however long the outage (its size grows with the kinds of job and, for the
+history's buckets, the minutes the outage lasts; not with the runs).
 The next run recorded on this host, or a scrape of `cli.py metrics`, adds what waits. A file belongs
 to whoever deletes it first: two processes never add the same counts.
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 from uuid import uuid4
 
 from redis import Redis
+
+from config.history import add
 
 Counts = dict[str, dict[str, float]]  # Redis hash -> field -> what to add to it
 
@@ -29,12 +32,7 @@ def send(connection: Redis, counts: Counts, spool: Path) -> None:
         return
     try:
         with connection.pipeline(transaction=False) as pipe:
-            for key, fields in total.items():
-                for field, amount in fields.items():
-                    if isinstance(amount, int):
-                        pipe.hincrby(key, field, amount)
-                    else:
-                        pipe.hincrbyfloat(key, field, amount)
+            add(pipe, total)
             pipe.execute()
     except Exception:
         keep(total, spool)

@@ -1,6 +1,7 @@
 """What every job entry point runs under: a memory cap, retries for transient errors only, and a record
-of each run (count, outcome, duration) in Redis, which the metrics read, so that they cover all workers;
-while Redis is away, on this host's disk until it answers (jobs/metrics_spool.py)."""
+of each run (count, outcome, duration) in Redis, which the metrics read, so that they cover all workers
+(and in the job history, config/history.py, when the worker doesn't count it); while Redis is away, on
+this host's disk until it answers (jobs/metrics_spool.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 from rq import get_current_job
-from rq.job import Job
 
-from config import get_settings
+from config import get_settings, history
+from config.history import COUNTED_BY_WORKER, OUTCOMES, job_type
 from jobs.errors import MemoryLimitError, UpstreamError
 from jobs.metrics_spool import Counts, send
 
@@ -73,20 +74,18 @@ def memory_cap(megabytes: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def name_of(job: Job) -> str:
-    """The registry name a job was enqueued under, else (enqueued without the toolkit) its function."""
-    return str(job.meta.get("rqkit_job") or job.func_name)
-
-
 def record_run(succeeded: bool, seconds: float) -> None:
     """Count one run of the current RQ job (outside RQ, nothing); never fails the job."""
     job = get_current_job()
     if job is None:
         return
-    name = name_of(job)
+    name = job_type(job)
     spool = metrics_spool(get_settings().var_dir)
+    counts = run_counts(name, job.origin, succeeded, seconds)
+    if not getattr(job, COUNTED_BY_WORKER, False):  # a stock RQ worker: the history is counted here
+        counts |= history.run_counts(name, job.origin, OUTCOMES[not succeeded], time.time())
     try:
-        send(job.connection, run_counts(name, job.origin, succeeded, seconds), spool)
+        send(job.connection, counts, spool)
     except RedisError as exc:  # an outage: the worker waits for Redis to record the job itself
         logger.warning("Redis took no metrics for %s (%s): kept in %s until it answers", name, exc, spool)
     except Exception:  # noqa: BLE001 - metrics are never worth a failed job

@@ -20,9 +20,9 @@ from rq.registry import FailedJobRegistry
 from rq.worker import BaseWorker
 
 from config import get_settings, ping, rq_classes
+from config.history import job_type
 from config.rq_classes import STATES
 from jobs.errors import JobInputError
-from jobs.runtime import name_of
 from jobs.tags import tag_key
 from ops.outcomes import failure_reason
 from scheduler.runner import Scheduler
@@ -86,7 +86,7 @@ def job_view(job_id: str, connection: Redis) -> dict[str, Any]:
     result = job.latest_result()
     return {
         "id": job.id,
-        "job": name_of(job),
+        "job": job_type(job),
         "function": job.func_name,
         "args": list(job.args),
         "kwargs": job.kwargs,
@@ -120,7 +120,7 @@ def failed_jobs(connection: Redis, job_name: str | None = None) -> Iterator[Job]
         while ids := registry.get_job_ids(start, start + PAGE - 1):
             start += PAGE
             for job in rq_classes.Job.fetch_many(ids, connection=connection):
-                if job is not None and (job_name is None or name_of(job) == job_name):
+                if job is not None and (job_name is None or job_type(job) == job_name):
                     yield job
 
 
@@ -128,7 +128,7 @@ def failed_groups(connection: Redis) -> list[dict[str, Any]]:
     """Failed jobs grouped by job and reason, the largest groups first; a time in a reason (RQ's
     abandoned jobs carry when they were found) doesn't split a group."""
     counts = Counter(
-        (name_of(job), MOMENT.sub("<time>", failure_reason(job))) for job in failed_jobs(connection)
+        (job_type(job), MOMENT.sub("<time>", failure_reason(job))) for job in failed_jobs(connection)
     )
     return [{"job": job, "reason": reason, "count": count} for (job, reason), count in counts.most_common()]
 
@@ -235,7 +235,7 @@ def list_jobs(
 def summary(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
-        "job": name_of(job),
+        "job": job_type(job),
         "status": job.get_status(refresh=False).value,
         "queue": job.origin,
         "tags": job.meta.get("tags", []),

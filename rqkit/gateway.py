@@ -17,8 +17,8 @@ from redis.exceptions import RedisError
 
 from config import ConfigError, RedisUnavailable, ToolkitError, get_settings, redis_client
 from config.durable import NotDurable
+from config.history import job_type
 from jobs.errors import JobInputError
-from jobs.runtime import name_of
 from jobs.stats import MODELS, total_word_count
 from jobs.submission import submit
 from ops.outcomes import failure_reason
@@ -57,7 +57,7 @@ def do_job(request: dict[str, Any]) -> dict[str, Any] | None:
     status = job.get_status().value
     return {
         "id": job.id,
-        "job": name_of(job),
+        "job": job_type(job),
         "queue": job.origin,
         "status": status,
         "result": job.return_value() if status == "finished" else None,

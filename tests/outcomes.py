@@ -13,8 +13,11 @@ from rq.job import Job
 from rq.results import Result
 from rq.utils import as_text
 
+from config.history import PREFIX
+
 # Keys that name a worker or hold timestamps only: compared through the worker's counts instead.
 WORKER_KEYS = (b"rq:worker", b"rq:workers", b"rq:clean_registries")
+HISTORY = PREFIX.encode()  # the toolkit's workers count each run in the job history: tests/test_history.py
 COUNTS = ("successful_job_count", "failed_job_count")
 CALLBACKS = ("success", "failure")  # tests/compat_jobs.py's callbacks mark compat:KIND:JOB_ID
 
@@ -85,7 +88,7 @@ def snapshot(connection: Redis, ids: dict[str, str], worker_names: list[str]) ->
     keys = sorted(
         (as_text(key), as_text(connection.type(key)), ttl_kind(connection, key))
         for key in connection.scan_iter()
-        if not key.startswith(WORKER_KEYS)
+        if not key.startswith((*WORKER_KEYS, HISTORY))
     )
     found = json.loads(label(json.dumps({"jobs": jobs, "workers": workers, "keys": keys}, default=str)))
     return found | {"keys": sorted(found["keys"])}

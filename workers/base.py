@@ -31,8 +31,9 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import get_version, now, utcformat
 from rq.worker import WorkerStatus
 
-from config import rq_classes
+from config import history, rq_classes
 from config.connection import reconnect, separate_client
+from config.history import COUNTED_BY_WORKER
 from config.outage import OutageRetry, is_outage, server_reply
 from config.settings import get_settings
 from workers.allowed import allowed_functions, guarded
@@ -246,6 +247,7 @@ class FastWorker(rq_classes.Worker):
                 serializer=self.serializer,
                 death_penalty_class=self.death_penalty_class,
             )
+        setattr(job, COUNTED_BY_WORKER, True)
         execution = Execution(claimed.execution_id, claimed.job_id, self.connection, self.name)
         execution.created_at = execution.last_heartbeat = claimed.started
         execution._job = job
@@ -271,6 +273,7 @@ class FastWorker(rq_classes.Worker):
                 job.get_result_ttl(self.default_result_ttl),
                 (job.ended_at - job.started_at).total_seconds(),
                 self.worker_ttl + 60,
+                *history.script_args(job, "succeeded", job.ended_at.timestamp()),
                 *success.fields,
             ]
         try:
@@ -307,6 +310,18 @@ class FastWorker(rq_classes.Worker):
         self.handle_job_success(job, success.queue, success.queue.started_job_registry, success.execution)
         self.set_state(WorkerStatus.IDLE)
 
+    def handle_job_success(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        """RQ's, for a success the script doesn't record; counted in the job history."""
+        super().handle_job_success(job, queue, *args, **kwargs)
+        with self.unless_away(f"job {job.id} is not in the history"):
+            history.count_run(self.connection, job, "succeeded")
+
+    def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
+        """RQ's, counted in the job history (a horse that died included: no entry point saw that)."""
+        super().handle_job_failure(job, queue, *args, **kwargs)
+        with self.unless_away(f"job {job.id} is not in the history"):
+            history.count_run(self.connection, job, "failed")
+
     def run_maintenance_tasks(self) -> None:
         with self.unless_away("no maintenance now"):
             self.record()
@@ -332,6 +347,7 @@ class FastWorker(rq_classes.Worker):
         """Run the claimed job; a plain success is recorded by the next script, at the latest when
         the worker is about to wait, sweep or stop. An end that Redis can't take is found abandoned later."""
         if self.rq_path_reason:
+            setattr(job, COUNTED_BY_WORKER, True)
             return self.execute_as_rq(job, queue)
         execution = next(iter(self.executions.values()))
         with self.unless_away(f"job {job.id} ended unrecorded"):

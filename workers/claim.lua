@@ -9,7 +9,9 @@
 --   1 RQ's key prefix ('rq')    2 worker name          3 job id               4 execution id
 --   5 queue name                6 ended (RQ's date format)                    7 ended (epoch seconds)
 --   8 result TTL (-1: for ever) 9 seconds worked       10 the worker's key TTL
---   11.. the result stream entry, as XADD's field-value list
+--   11, 12 the job history's minute and hour buckets (config/history.py), 13, 14 when each expires,
+--   15 the run's field in them
+--   16.. the result stream entry, as XADD's field-value list
 -- ARGV[n+2 ..], the claim:
 --   1 RQ's key prefix           2 worker name          3 now (epoch seconds)  4 now (RQ's date format)
 --   5 execution id              6 the job id a blocking wait popped ('' to pop here)
@@ -45,7 +47,7 @@ local function record(a)
   redis.call('HINCRBYFLOAT', wkey, 'total_working_time', a[9])
   if redis.call('EXISTS', jobkey) == 1 then
     redis.call('HSET', jobkey, 'status', 'finished', 'ended_at', stamp, 'last_heartbeat', stamp)
-    redis.call('XADD', results, 'MAXLEN', 10, '*', unpack(a, 11))
+    redis.call('XADD', results, 'MAXLEN', 10, '*', unpack(a, 16))
     if ttl == -1 then
       redis.call('PERSIST', results)
       redis.call('ZADD', prefix .. ':finished:' .. queue, '+inf', id)
@@ -56,6 +58,10 @@ local function record(a)
       redis.call('EXPIRE', jobkey .. ':dependents', ttl)
       redis.call('EXPIRE', prefix .. ':job::' .. id .. ':dependencies', ttl)  -- sic: RQ's key
     end
+  end
+  for i = 11, 12 do
+    redis.call('HINCRBY', a[i], a[15], 1)
+    redis.call('EXPIREAT', a[i], a[i + 2])
   end
   local composite = id .. ':' .. eid
   redis.call('DEL', prefix .. ':execution:' .. composite)

@@ -1,0 +1,99 @@
+"""The job history that the dashboard's Overview draws: runs per minute (kept 2 hours) and per hour (kept
+8 days), by job type, queue and outcome.
+
+A bucket is one Redis hash (`rqkit:history:60:<minute's epoch>`, `rqkit:history:3600:<hour's epoch>`),
+field `job<TAB>queue<TAB>succeeded|failed`, that expires at a fixed time after its period: however many
+jobs run, Redis holds at most 120 + 192 of them, each with a field per kind of run. Who adds a run: the
+toolkit's workers, for every job they run (a plain success inside the script that records it, no round
+trip of its own); under any other worker (a stock `rq worker`), the toolkit's job entry points, in the
+pipeline that records their metrics (jobs/runtime.py). A job that the toolkit's worker runs carries
+`COUNTED_BY_WORKER`, so the two never both count it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from redis import Redis
+from rq.job import Job
+from rq.utils import as_text
+
+PREFIX = "rqkit:history:"
+MINUTE, HOUR = 60, 3600
+KEEP = {MINUTE: 2 * 3600, HOUR: 8 * 86400}  # seconds a bucket outlives its period
+OUTCOMES = ("succeeded", "failed")
+COUNTED_BY_WORKER = "_rqkit_counted_by_worker"  # an attribute of a Job object its worker counts
+
+Buckets = dict[int, dict[tuple[str, str, str], int]]  # period start -> (job, queue, outcome) -> runs
+
+
+def job_type(job: Job) -> str:
+    """The registry name a job was enqueued under, else (enqueued without the toolkit) its function."""
+    return str(job.meta.get("rqkit_job") or job.func_name)
+
+
+def bucket_key(size: int, at: float) -> str:
+    return f"{PREFIX}{size}:{int(at // size * size)}"
+
+
+def expiry(key: str) -> int | None:
+    """When a history bucket expires (epoch seconds), from its key; None for any other key."""
+    if not key.startswith(PREFIX):
+        return None
+    size, start = (int(part) for part in key[len(PREFIX) :].split(":"))
+    return start + size + KEEP[size]
+
+
+def run_field(name: str, queue: str, outcome: str) -> str:
+    return f"{name}\t{queue}\t{outcome}"
+
+
+def run_counts(name: str, queue: str, outcome: str, at: float) -> dict[str, dict[str, float]]:
+    """What one run adds: one to its field in its minute's bucket and in its hour's."""
+    field = run_field(name, queue, outcome)
+    return {bucket_key(size, at): {field: 1} for size in KEEP}
+
+
+def script_args(job: Job, outcome: str, at: float) -> list[Any]:
+    """The claim script's history arguments for a run: each bucket's key and expiry, then the field."""
+    keys = [bucket_key(size, at) for size in KEEP]
+    return [*keys, *(expiry(key) for key in keys), run_field(job_type(job), job.origin, outcome)]
+
+
+def count_run(connection: Redis, job: Job, outcome: str) -> None:
+    """Add one run of `job` now, in one round trip."""
+    with connection.pipeline(transaction=False) as pipe:
+        add(pipe, run_counts(job_type(job), job.origin, outcome, time.time()))
+        pipe.execute()
+
+
+def add(pipe: Any, counts: dict[str, dict[str, float]]) -> None:
+    """Queue on `pipe` the increments of `counts` (hash -> field -> amount), with the history's expiries."""
+    for key, fields in counts.items():
+        for field, amount in fields.items():
+            if isinstance(amount, int):
+                pipe.hincrby(key, field, amount)
+            else:
+                pipe.hincrbyfloat(key, field, amount)
+        if (at := expiry(key)) is not None:
+            pipe.expireat(key, at)
+
+
+def read(connection: Redis, size: int, periods: int, now: float | None = None) -> Buckets:
+    """The last `periods` buckets of `size` seconds up to now (the current one included), oldest first,
+    in one round trip; a bucket with no runs is empty."""
+    end = int((now if now is not None else time.time()) // size * size)
+    starts = [end - size * back for back in range(periods - 1, -1, -1)]
+    with connection.pipeline(transaction=False) as pipe:
+        for start in starts:
+            pipe.hgetall(f"{PREFIX}{size}:{start}")
+        replies = pipe.execute()
+    buckets: Buckets = {}
+    for start, reply in zip(starts, replies, strict=True):
+        runs = buckets[start] = {}
+        for field, value in reply.items():
+            parts = tuple(as_text(field).split("\t"))
+            if len(parts) == 3 and parts[2] in OUTCOMES:
+                runs[parts] = runs.get(parts, 0) + int(value)  # type: ignore[index]
+    return buckets
