@@ -16,16 +16,20 @@ from jobs.errors import JobInputError
 from jobs.registry import check_queue, get_spec
 from jobs.submission import check_text, check_timeout
 from jobs.tags import forget
-from ops.views import failed_jobs, failed_registry, fetch
+from ops.views import failed_jobs, failed_registry, fetch, group_reason
 from scheduler.runner import Scheduler
 
 
-def chosen_failed(connection: Redis, ids: list[str], every: bool, job_name: str | None) -> list[Job]:
-    """The failed jobs a command names: by id (each must be in a failed registry), or all of a kind."""
+def chosen_failed(
+    connection: Redis, ids: list[str], every: bool, job_name: str | None, reason: str | None = None
+) -> list[Job]:
+    """The failed jobs a command names: by id (each must be in a failed registry), or all of a kind (and
+    of a group's reason, as failed_groups gives it)."""
     if every == bool(ids):
         raise JobInputError("name failed job ids, or --all (optionally with --job NAME), not both")
     if every:
-        return list(failed_jobs(connection, job_name))
+        kind = failed_jobs(connection, job_name)
+        return [job for job in kind if reason is None or group_reason(job) == reason]
     jobs = [fetch(job_id, connection) for job_id in ids]
     for job in jobs:
         if job.id not in failed_registry(job.origin, connection):
@@ -34,19 +38,27 @@ def chosen_failed(connection: Redis, ids: list[str], every: bool, job_name: str 
 
 
 def requeue_failed(
-    connection: Redis, ids: list[str], every: bool = False, job_name: str | None = None
+    connection: Redis,
+    ids: list[str],
+    every: bool = False,
+    job_name: str | None = None,
+    reason: str | None = None,
 ) -> list[str]:
     """Put failed jobs back on their queues, keeping their ids and history."""
-    jobs = chosen_failed(connection, ids, every, job_name)
+    jobs = chosen_failed(connection, ids, every, job_name, reason)
     for job in jobs:
         failed_registry(job.origin, connection).requeue(job.id)
     return [job.id for job in jobs]
 
 
 def delete_failed(
-    connection: Redis, ids: list[str], every: bool = False, job_name: str | None = None
+    connection: Redis,
+    ids: list[str],
+    every: bool = False,
+    job_name: str | None = None,
+    reason: str | None = None,
 ) -> list[str]:
-    jobs = chosen_failed(connection, ids, every, job_name)
+    jobs = chosen_failed(connection, ids, every, job_name, reason)
     for job in jobs:
         failed_registry(job.origin, connection).remove(job, delete_job=True)
         forget(job, connection)

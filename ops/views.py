@@ -8,7 +8,6 @@ import socket
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from redis import Redis
@@ -21,6 +20,7 @@ from rq.worker import BaseWorker
 
 from config import get_settings, ping, rq_classes
 from config.history import job_type
+from config.memory import MEMORY_FIELD, resident_kb
 from config.rq_classes import STATES
 from jobs.errors import JobInputError
 from jobs.tags import tag_key
@@ -127,17 +127,20 @@ def failed_jobs(connection: Redis, job_name: str | None = None) -> Iterator[Job]
 def failed_groups(connection: Redis) -> list[dict[str, Any]]:
     """Failed jobs grouped by job and reason, the largest groups first; a time in a reason (RQ's
     abandoned jobs carry when they were found) doesn't split a group."""
-    counts = Counter(
-        (job_type(job), MOMENT.sub("<time>", failure_reason(job))) for job in failed_jobs(connection)
-    )
+    counts = Counter((job_type(job), group_reason(job)) for job in failed_jobs(connection))
     return [{"job": job, "reason": reason, "count": count} for (job, reason), count in counts.most_common()]
+
+
+def group_reason(job: Job) -> str:
+    """The reason a failed job is grouped by: its failure reason with any time in it as <time>."""
+    return MOMENT.sub("<time>", failure_reason(job))
 
 
 MOMENT = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:?\d{2}|Z)?")
 
 
 def workers(connection: Redis) -> list[dict[str, Any]]:
-    """Every registered worker, with its last heartbeat, current job and since when, and its RSS."""
+    """Every registered worker, with its last heartbeat, current job and since when, and its memory."""
     views = []
     for worker in sorted(rq_classes.Worker.all(connection=connection), key=lambda w: w.name):
         view = worker_view(worker)
@@ -146,7 +149,7 @@ def workers(connection: Redis) -> list[dict[str, Any]]:
             "state": view["state"] if is_alive(worker) else "dead",
             "last_heartbeat": iso(worker.last_heartbeat),
             "job_started_at": iso(job.started_at) if job is not None else None,
-            "rss_mb": rss_mb(worker.pid) if worker.hostname == hostname() else None,
+            "rss_mb": memory_mb(worker),
         }
         views.append(view)
     return views
@@ -164,15 +167,12 @@ def hostname() -> str:
     return socket.gethostname()
 
 
-def rss_mb(pid: int | None) -> float | None:
-    """Resident memory of a worker process on this host (its work-horse's not included)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except (OSError, ValueError):
-        return None
-    return None
+def memory_mb(worker: BaseWorker) -> float | None:
+    """A worker's memory: what the toolkit's workers publish (their RSS and their work-horse's, at the
+    last heartbeat), else, for another worker of this host, its RSS now; else not known."""
+    published = worker.connection.hget(worker.key, MEMORY_FIELD)
+    kb = int(published) if published else resident_kb(worker.pid) if worker.hostname == hostname() else None
+    return round(kb / 1024, 1) if kb is not None else None
 
 
 def job_ids(connection: Redis, queue: str, status: str, count: int) -> list[str]:

@@ -12,6 +12,7 @@ own code. `FastWorker` is what both fast workers share; `workers/forking.py` and
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from base64 import b64decode
@@ -34,6 +35,7 @@ from rq.worker import WorkerStatus
 from config import history, rq_classes
 from config.connection import reconnect, separate_client
 from config.history import COUNTED_BY_WORKER
+from config.memory import MEMORY_FIELD, resident_kb
 from config.outage import OutageRetry, is_outage, server_reply
 from config.settings import get_settings
 from workers.allowed import allowed_functions, guarded
@@ -102,8 +104,19 @@ class FastWorker(rq_classes.Worker):
             if fresh or self._unrecorded is not None:
                 return
         with self.unless_away("no heartbeat"):
-            super().heartbeat(timeout, pipeline)
+            if pipeline is None:  # one round trip (RQ's heartbeat alone is three)
+                with self.connection.pipeline(transaction=False) as pipe:
+                    self.beat(timeout, pipe)
+                    pipe.execute()
+            else:
+                self.beat(timeout, pipeline)
             self._idle_ttl_at = time.monotonic() if timeout is None else None
+
+    def beat(self, timeout: int | None, pipeline: Any) -> None:
+        """RQ's heartbeat, and the memory this worker and its work-horse hold, for the dashboard."""
+        super().heartbeat(timeout, pipeline)
+        held = [resident_kb(pid) for pid in (os.getpid(), self.horse_pid or None) if pid]
+        pipeline.hset(self.key, MEMORY_FIELD, sum(kb for kb in held if kb is not None))
 
     @contextmanager
     def unless_away(self, skipped: str) -> Iterator[None]:
