@@ -5,7 +5,8 @@ rq-dashboard 0.9 renders job fields into its pages as raw HTML (a stored XSS on 
 issue #526), writes the queue name of a jobs page unescaped into one of its scripts (a reflected XSS
 by link), shows its Redis URL with any password in the query, takes state-changing requests without
 any CSRF check (one of them also by GET), and has no read-only mode; its workers page shows no host. This
-app adds, around its blueprint (unchanged but for the workers page, which shows each worker's host):
+app adds, around its blueprint (unchanged but for the workers page, which shows each worker's host, and
+the navigation bar, which leads to the toolkit's own pages: launcher/pages.py):
 - a Content-Security-Policy with a fresh nonce per page: only the dashboard's own scripts run, never
   markup that a job's arguments, result or traceback put on a page;
 - every key and every string, at every depth, of every JSON it serves HTML-escaped (job data reach
@@ -48,6 +49,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from config import RedisUnavailable, Settings, ToolkitError, get_settings, redacted_url
 from config.rq_classes import Job, Queue, Worker, configured_serializer
 from config.settings import LOG_FORMAT
+from launcher import pages
 from launcher.redis_server import LOOPBACK, check_free
 
 STATE_CHANGES = {
@@ -56,6 +58,7 @@ STATE_CHANGES = {
     "rq_dashboard.requeue_all",
     "rq_dashboard.empty_queue",
     "rq_dashboard.compact_queue",
+    *pages.ACTIONS,
 }
 # Every JSON answer is escaped, keys and strings, at every depth, but for these fields (a path of keys,
 # * for any item of a list), which rq-dashboard's templates escape themselves (jobs.html with jQuery's
@@ -103,6 +106,7 @@ def create_app(settings: Settings) -> Flask:
         RQ_DASHBOARD_JSON_ENCODER=PlainEncoder,  # the job's meta, which it serializes itself
     )
     app.register_blueprint(dashboard.blueprint)
+    app.register_blueprint(pages.blueprint)
     app.view_functions["rq_dashboard.list_workers"] = dashboard.jsonify(workers_with_hosts)
     dashboard.setup_rq_connection(app)
     if settings.dashboard_proxies:
@@ -214,7 +218,7 @@ def harden(response: Response) -> Response:
         # as JSON, so no <script that they hold gets the nonce.
         html = response.get_data(as_text=True).replace("<script", f'<script nonce="{nonce}"')
         response.set_data(html)
-    elif response.is_json:
+    elif response.is_json and request.blueprint != pages.blueprint.name:  # its script writes text only
         keep = SELF_ESCAPED.get(request.endpoint or "", frozenset())
         response.set_data(json.dumps(escape_all(response.get_json(), keep)))
     return response

@@ -20,8 +20,8 @@ from rq.worker import BaseWorker
 
 from config import get_settings, ping, rq_classes
 from config.history import job_type
-from config.memory import MEMORY_FIELD, resident_kb
 from config.rq_classes import STATES
+from config.worker_fields import MEMORY_FIELD, TTL_FIELD, resident_kb
 from jobs.errors import JobInputError
 from jobs.tags import tag_key
 from ops.outcomes import failure_reason
@@ -145,34 +145,29 @@ def workers(connection: Redis) -> list[dict[str, Any]]:
     for worker in sorted(rq_classes.Worker.all(connection=connection), key=lambda w: w.name):
         view = worker_view(worker)
         job = worker.get_current_job()
+        memory, ttl = connection.hmget(worker.key, MEMORY_FIELD, TTL_FIELD)
+        kb = int(memory) if memory else resident_kb(worker.pid) if worker.hostname == hostname() else None
         view |= {
-            "state": view["state"] if is_alive(worker) else "dead",
+            "state": view["state"] if is_alive(worker, int(ttl) if ttl else None) else "dead",
             "last_heartbeat": iso(worker.last_heartbeat),
             "job_started_at": iso(job.started_at) if job is not None else None,
-            "rss_mb": memory_mb(worker),
+            "rss_mb": round(kb / 1024, 1) if kb is not None else None,  # not the toolkit's: read here
         }
         views.append(view)
     return views
 
 
-def is_alive(worker: BaseWorker) -> bool:
-    """A worker whose heartbeat is older than its TTL died without deregistering (kill -9, host lost)."""
+def is_alive(worker: BaseWorker, ttl: int | None = None) -> bool:
+    """A worker whose heartbeat is older than its TTL (the one it published, else RQ's default) died
+    without deregistering (kill -9, host lost)."""
     if worker.last_heartbeat is None:
         return True
     age = (datetime.now(UTC) - worker.last_heartbeat.replace(tzinfo=UTC)).total_seconds()
-    return age <= (worker.worker_ttl or DEFAULT_WORKER_TTL)
+    return age <= (ttl or DEFAULT_WORKER_TTL)
 
 
 def hostname() -> str:
     return socket.gethostname()
-
-
-def memory_mb(worker: BaseWorker) -> float | None:
-    """A worker's memory: what the toolkit's workers publish (their RSS and their work-horse's, at the
-    last heartbeat), else, for another worker of this host, its RSS now; else not known."""
-    published = worker.connection.hget(worker.key, MEMORY_FIELD)
-    kb = int(published) if published else resident_kb(worker.pid) if worker.hostname == hostname() else None
-    return round(kb / 1024, 1) if kb is not None else None
 
 
 def job_ids(connection: Redis, queue: str, status: str, count: int) -> list[str]:

@@ -12,12 +12,9 @@ own code. `FastWorker` is what both fast workers share; `workers/forking.py` and
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from base64 import b64decode
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from uuid import uuid4
 
@@ -32,11 +29,10 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import get_version, now, utcformat
 from rq.worker import WorkerStatus
 
-from config import history, rq_classes
+from config import history
 from config.connection import reconnect, separate_client
 from config.history import COUNTED_BY_WORKER
-from config.memory import MEMORY_FIELD, resident_kb
-from config.outage import OutageRetry, is_outage, server_reply
+from config.outage import OutageRetry, is_outage
 from config.settings import get_settings
 from workers.allowed import allowed_functions, guarded
 from workers.claims import (
@@ -51,9 +47,10 @@ from workers.claims import (
     idle_wait,
 )
 from workers.paths import rq_path_reason
+from workers.reporting import Reporting
 
 
-class FastWorker(rq_classes.Worker):
+class FastWorker(Reporting):
     """What both fast workers share: one script per job, RQ's own code for everything else. A job's
     heartbeat lasts the monitoring interval plus 15 s (RQ: plus 60 s), so that the job of a worker
     killed mid-job is found abandoned that much sooner."""
@@ -111,22 +108,6 @@ class FastWorker(rq_classes.Worker):
             else:
                 self.beat(timeout, pipeline)
             self._idle_ttl_at = time.monotonic() if timeout is None else None
-
-    def beat(self, timeout: int | None, pipeline: Any) -> None:
-        """RQ's heartbeat, and the memory this worker and its work-horse hold, for the dashboard."""
-        super().heartbeat(timeout, pipeline)
-        held = [resident_kb(pid) for pid in (os.getpid(), self.horse_pid or None) if pid]
-        pipeline.hset(self.key, MEMORY_FIELD, sum(kb for kb in held if kb is not None))
-
-    @contextmanager
-    def unless_away(self, skipped: str) -> Iterator[None]:
-        """Skip a write that a later one makes good, in one line, if Redis is away or refuses writes."""
-        try:
-            yield
-        except RedisError as exc:
-            if not is_outage(exc):
-                raise
-            self.log.warning("Worker %s: Redis is away (%s): %s", self.name, server_reply(exc), skipped)
 
     def set_shutdown_requested_date(self) -> None:
         with self.unless_away("the stop asked for is not in its entry"):
@@ -322,18 +303,6 @@ class FastWorker(rq_classes.Worker):
         self.executions[success.execution.id] = success.execution
         self.handle_job_success(job, success.queue, success.queue.started_job_registry, success.execution)
         self.set_state(WorkerStatus.IDLE)
-
-    def handle_job_success(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
-        """RQ's, for a success the script doesn't record; counted in the job history."""
-        super().handle_job_success(job, queue, *args, **kwargs)
-        with self.unless_away(f"job {job.id} is not in the history"):
-            history.count_run(self.connection, job, "succeeded")
-
-    def handle_job_failure(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
-        """RQ's, counted in the job history (a horse that died included: no entry point saw that)."""
-        super().handle_job_failure(job, queue, *args, **kwargs)
-        with self.unless_away(f"job {job.id} is not in the history"):
-            history.count_run(self.connection, job, "failed")
 
     def run_maintenance_tasks(self) -> None:
         with self.unless_away("no maintenance now"):

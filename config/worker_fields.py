@@ -1,12 +1,13 @@
-"""How much memory a process of this host holds (its resident set), as the workers publish it and the
-dashboard shows it."""
+"""What the toolkit's workers add to their RQ hash for the dashboard (RQ keeps neither): the memory they
+hold, and their TTL, by which a worker whose heartbeat is late is dead."""
 
 from __future__ import annotations
 
 import resource
 
 PAGE_KB = resource.getpagesize() // 1024
-MEMORY_FIELD = "rqkit_memory_kb"  # in a worker's hash: its RSS and its work-horse's, at its last heartbeat
+MEMORY_FIELD = "rqkit_memory_kb"  # its RSS and its work-horse's, at its last heartbeat
+TTL_FIELD = "rqkit_worker_ttl"  # seconds between heartbeats after which it is dead (RQ's worker_ttl)
 
 
 def resident_kb(pid: int | None) -> int | None:

@@ -1,0 +1,313 @@
+"""The toolkit's dashboard pages (launcher/pages.py) in a real headless Chromium, with a real toolkit worker
+behind them, in pickle and JSON modes: each page shows what it must, its actions work when clicked (and
+are refused without the dashboard's Origin, or in read-only mode), markup in any job field stays text,
+and a screenshot of each page is kept (overview.png, schedule.png, ... in the test's tmp_path)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from config import get_settings
+from config.rq_classes import Job, Queue
+from jobs import submit
+from jobs.tags import index
+from launcher.dashboard import create_app
+from scheduler.sync import sync
+from tests.support import start_python, wait_until
+from tests.test_dashboard_markup import MARK, QUEUE, WATCH, WORKER, echo, payload, served_dashboard
+from workers import InProcessWorker
+
+pytestmark = pytest.mark.slow
+
+HOSTILE_TYPE = payload("jobtype")  # a job type name is a job's own meta: anything at all
+TAG = "customer:42"
+
+
+@pytest.fixture(params=["pickle", "json"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("RQKIT_SERIALIZER", request.param)
+    monkeypatch.setenv("RQKIT_JOB_FUNCTIONS", "tests.compat_jobs.*,tests.test_dashboard_markup.*")
+    get_settings.cache_clear()
+    return str(request.param)
+
+
+def plant(connection: Redis) -> dict[str, Any]:
+    """Jobs for every page: successes and failures of several types and reasons, tagged jobs, a long job
+    and one queued behind it on the hostile queue."""
+    default, hostile = Queue("default", connection=connection), Queue(QUEUE, connection=connection)
+    tagged = [submit("sleep", (0,), tags=[TAG]).job for _ in range(3)]
+    odd = default.enqueue(echo, payload("taggedjob"), meta={"tags": [TAG, payload("tag")]})
+    index(odd, connection)  # as the toolkit indexes a tag, for a tag it would have refused
+    failed = {
+        "hostile": [
+            default.enqueue("tests.compat_jobs.fail", payload("reason"), meta={"rqkit_job": HOSTILE_TYPE})
+        ],
+        "boom": [default.enqueue("tests.compat_jobs.fail", "boom") for _ in range(2)],
+        "other": [default.enqueue("tests.compat_jobs.fail", "other")],
+    }
+    busy = hostile.enqueue(echo, payload("busy"), wait=120)
+    waiting = hostile.enqueue(echo, payload("waiting"))
+    return {"tagged": [*tagged, odd], "failed": failed, "busy": busy, "waiting": waiting}
+
+
+@pytest.fixture
+def toolkit_worker(connection: Redis, mode: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real forking toolkit worker named WORKER on default and the hostile queue."""
+    serializer = ["-S", "json"] if mode == "json" else []
+    command = ["-m", "rq.cli", "worker", "-c", "config.rq", "-w", "workers.ForkingWorker", *serializer]
+    with (tmp_path / "worker.log").open("wb") as log:
+        process = start_python(
+            *command, "--name", WORKER, "default", QUEUE, stdout=log, stderr=log, start_new_session=True
+        )
+    yield process
+    with_group_killed(process)
+
+
+def with_group_killed(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+@pytest.fixture
+def dead_worker(connection: Redis, mode: str) -> Iterator[str]:
+    """A toolkit worker killed with -9, its heartbeat due within 2 s: it shows dead soon after."""
+    serializer = ["-S", "json"] if mode == "json" else []
+    name = "gone-worker"
+    process = start_python(
+        *[
+            "-m",
+            "rq.cli",
+            "worker",
+            "-c",
+            "config.rq",
+            "-w",
+            "workers.InProcessWorker",
+            *serializer,
+            "--worker-ttl",
+            "2",
+            "--name",
+            name,
+            "idle",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    wait_until(lambda: connection.exists(f"rq:worker:{name}"), 60, "the worker to register")
+    with_group_killed(process)
+    yield name
+
+
+class Browser:
+    """One page of a real Chromium: every dialog accepted, what the console says kept, an observer of
+    markup from the data installed before the page's scripts."""
+
+    def __init__(self, browser: Any, base: str, shots: Path) -> None:
+        self.page = browser.new_page(viewport={"width": 1280, "height": 900})
+        self.page.set_default_timeout(20_000)
+        self.base, self.shots, self.said = base, shots, []
+        self.page.on("dialog", lambda dialog: dialog.accept())
+        self.page.on("console", lambda message: self.said.append(message.text))
+        self.page.on("pageerror", lambda error: self.said.append(str(error)))
+        self.page.add_init_script(WATCH)
+
+    def open(self, path: str, ready: str) -> str:
+        self.page.goto(self.base + path)
+        try:
+            self.page.locator(ready).first.wait_for()
+        except Exception:
+            self.shot("never-ready")  # what the page showed instead
+            raise
+        self.clean()
+        return str(self.page.locator("body").inner_text())
+
+    def click(self, row: str, button: str, said: str) -> str:
+        """Click `button` in the first row matching `row`; wait for the notice that says `said`."""
+        self.page.locator(row).first.get_by_role("button", name=button).click()
+        notice = self.page.locator("#notice", has_text=said)
+        notice.wait_for()
+        return str(notice.inner_text())
+
+    def clean(self) -> None:
+        assert self.page.evaluate("window.__pwned") == [], self.page.url
+        assert self.page.locator(f"[{MARK}]").count() == 0
+        assert self.page.evaluate("window.pwned") is None
+        assert not [text for text in self.said if "Content Security Policy" in text or "Error" in text], (
+            self.said
+        )
+
+    def shot(self, name: str) -> None:
+        path = self.shots / f"{name}.png"
+        self.page.screenshot(path=path, full_page=True)
+        assert path.stat().st_size > 10_000
+
+
+def test_every_page_in_a_browser(
+    mode: str,
+    connection: Redis,
+    toolkit_worker: subprocess.Popen[bytes],
+    dead_worker: str,
+    tmp_path: Path,
+) -> None:
+    from tests.test_dashboard import chromium
+
+    jobs = plant(connection)
+    sync()
+    jobs["busy"].refresh()
+    wait_until(
+        lambda: jobs["busy"].get_status(refresh=True) == "started", 60, "the worker to take the long job"
+    )
+    with served_dashboard(tmp_path) as base, chromium() as launched:
+        browser = Browser(launched, base, tmp_path)
+        overview(browser, connection)
+        schedule(browser, connection)
+        failures(browser, connection, jobs["failed"])
+        tags(browser, jobs["tagged"])
+        workers(browser, connection, jobs["busy"], dead_worker, toolkit_worker)
+
+
+def overview(browser: Browser, connection: Redis) -> None:
+    text = browser.open("/rqkit/overview", f"#queues tr[data-queue] >> text={QUEUE}")
+    assert "Last hour, per minute" in text and "Last week, per hour" in text
+    for chart in ("#chart-minute", "#chart-hour"):
+        assert browser.page.locator(f"{chart} canvas").count() == 1
+        legend = browser.page.locator(f"{chart} .u-legend").inner_text()
+        assert "processed" in legend and "failed" in legend
+    row = browser.page.locator("#queues tr", has_text=QUEUE).inner_text()
+    assert row.split("\t")[1].strip() == "1"  # the job waiting behind the long one
+    data = browser.page.request.get(browser.base + "/rqkit/overview.json").json()
+    runs = {(run["job"], run["outcome"]): sum(run["counts"]) for run in data["minute"]["runs"]}
+    assert runs[("sleep", "succeeded")] == 3 and runs[("tests.compat_jobs.fail", "failed")] == 3
+    assert runs[(HOSTILE_TYPE, "failed")] == 1  # as it is: the page writes it as text
+    browser.page.select_option("#split", "job")
+    browser.page.locator("#chart-minute .u-legend", has_text="sleep: processed").wait_for()
+    legend = browser.page.locator("#chart-minute .u-legend").inner_text()
+    assert f"{HOSTILE_TYPE}: failed" in legend  # the markup itself, as text
+    browser.page.select_option("#split", "queue")
+    browser.page.locator("#chart-hour .u-legend", has_text="default: processed").wait_for()
+    browser.clean()
+    browser.shot("overview")
+
+
+def schedule(browser: Browser, connection: Redis) -> None:
+    text = browser.open("/rqkit/schedule", "#schedule tr[data-entry]")
+    entries = browser.page.locator("#schedule tr[data-entry]")
+    name = entries.first.get_attribute("data-entry")
+    assert entries.count() >= 3 and "cron" in text and get_settings().schedule_timezone in text
+    said = browser.click(f"#schedule tr[data-entry='{name}']", "Run now", "enqueued as job")
+    job_id = said.split("enqueued as job ")[1].split()[0]
+    assert Job.fetch(job_id, connection=connection).get_status() == "queued"
+    browser.page.locator(
+        f"#schedule tr[data-entry='{name}'] td[data-role=outcome]", has_text="queued"
+    ).wait_for()
+    assert "(by hand)" in browser.page.locator(f"#schedule tr[data-entry='{name}']").inner_text()
+    browser.shot("schedule")
+
+
+def failures(browser: Browser, connection: Redis, failed: dict[str, list[Any]]) -> None:
+    text = browser.open("/rqkit/failures", "#failures tr[data-role=group]")
+    assert HOSTILE_TYPE in text and "pwned-reason" in text
+    groups = browser.page.locator("#failures tr[data-role=group]")
+    assert groups.count() == 3 and groups.first.locator("td").nth(2).inner_text() == "2"  # largest first
+    browser.shot("failures")
+    said = browser.click(
+        "#failures tr[data-role=group] >> text=boom >> xpath=ancestor::tr", "Requeue", "requeued"
+    )
+    assert said == "requeued 2 failed tests.compat_jobs.fail jobs"
+    assert all(job.get_status(refresh=True) == "queued" for job in failed["boom"])
+    browser.click("#failures tr[data-role=group]:has-text('pwned-reason')", "Delete", "deleted 1")
+    assert not connection.exists(failed["hostile"][0].key)
+    assert failed["other"][0].get_status(refresh=True) == "failed"
+    browser.page.wait_for_function("document.querySelectorAll('#failures tr[data-role=group]').length === 1")
+    browser.clean()
+
+
+def tags(browser: Browser, tagged: list[Any]) -> None:
+    text = browser.open("/rqkit/tags", "#tags a")
+    assert f"{TAG} (4)" in text
+    browser.page.fill("#tag", "customer")
+    browser.page.press("#tag", "Enter")
+    browser.page.locator("#tags a", has_text=TAG).click()
+    browser.page.locator("#jobs tr[data-role=job]").first.wait_for()
+    browser.clean()
+    rows = browser.page.locator("#jobs tr[data-role=job]")
+    ids = [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())]
+    assert ids == [job.id for job in reversed(tagged)]  # newest first
+    table = browser.page.locator("#jobs").inner_text()
+    assert "pwned-tag" in table and "pwned-taggedjob" in table and "finished" in table
+    browser.shot("tags")
+
+
+def workers(
+    browser: Browser, connection: Redis, busy: Any, dead: str, process: subprocess.Popen[bytes]
+) -> None:
+    text = browser.open("/rqkit/workers", f"tr[data-worker='{dead}'] >> text=dead")
+    row = browser.page.locator("tr[data-worker]", has_text="pwned-worker")
+    cells = row.inner_text()
+    assert WORKER in text and "busy" in cells and busy.id in cells and " MB" in cells
+    assert "for " in cells and os.uname().nodename in text
+    assert "table-danger" in (browser.page.locator(f"tr[data-worker='{dead}']").get_attribute("class") or "")
+    browser.shot("workers")
+    browser.click("tr[data-worker]:has-text('pwned-worker')", "Kill job", f"job {busy.id} killed")
+    wait_until(lambda: busy.get_status(refresh=True) == "failed", 30, "the killed job to fail")
+    browser.page.locator(
+        "tr[data-worker]:has-text('pwned-worker') td[data-role=job]", has_text="-"
+    ).wait_for()
+    browser.click("tr[data-worker]:has-text('pwned-worker')", "Stop", "stops after its current job")
+    process.wait(60)  # it stops once the job it took next (the waiting one) has run
+    browser.clean()
+
+
+def test_actions_take_post_from_the_dashboard_and_nothing_in_read_only_mode(
+    connection: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Queue("default", connection=connection).enqueue("tests.compat_jobs.fail", "x")
+    InProcessWorker(["default"], connection=connection).work(burst=True)
+    origin = "http://127.0.0.1:9181"
+    client = create_app(get_settings()).test_client()
+    group = {"job": "tests.compat_jobs.fail", "reason": "ValueError: x"}
+    assert client.get("/rqkit/failures/requeue", base_url=origin).status_code == 405
+    refused = client.post("/rqkit/failures/requeue", base_url=origin, data=group)  # no Origin: another site
+    assert refused.status_code == 403
+    other = client.post(
+        "/rqkit/failures/requeue", base_url=origin, data=group, headers={"Origin": "http://evil"}
+    )
+    assert other.status_code == 403
+    unknown = client.post("/rqkit/schedule/nope/run", base_url=origin, headers={"Origin": origin})
+    assert unknown.status_code == 400 and "no schedule entry 'nope'" in unknown.get_data(as_text=True)
+    monkeypatch.setenv("RQKIT_DASHBOARD_READ_ONLY", "1")
+    get_settings.cache_clear()
+    read_only = create_app(get_settings()).test_client()
+    page = read_only.get("/rqkit/failures", base_url=origin).get_data(as_text=True)
+    assert "ValueError: x" in page and "data-post" not in page
+    answer = read_only.post("/rqkit/failures/delete", base_url=origin, data=group, headers={"Origin": origin})
+    assert answer.status_code == 403
+    assert Queue("default", connection=connection).failed_job_registry.count == 1
+
+
+def test_the_pages_say_which_redis_did_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from launcher.redis_server import free_port
+
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    get_settings.cache_clear()
+    client = create_app(get_settings()).test_client()
+    for path in (
+        "/rqkit/overview.json",
+        "/rqkit/schedule",
+        "/rqkit/failures",
+        "/rqkit/tags",
+        "/rqkit/workers",
+    ):
+        answer = client.get(path, base_url="http://127.0.0.1:9181")
+        assert answer.status_code == 503 and "Redis is not reachable" in answer.get_data(as_text=True), path
