@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from redis import Redis
 
@@ -115,6 +116,39 @@ def test_the_dashboard_and_metrics_read_through_the_sentinels(
         server.wait(30)
     assert "maintenance" in body
     assert MASTER_SECRET not in body and SENTINEL_SECRET not in body
+
+
+def test_the_dashboards_own_pages_read_and_act_through_the_sentinels(
+    env: dict[str, str], master: Redis
+) -> None:
+    assert cli(env, "schedule", "sync").returncode == 0
+    assert cli(env, "enqueue", "word-count", "comment", "--tag", "nightly").returncode == 0
+    worker = python("-m", "rq.cli", "worker", "-c", "config.rq", "-w", "workers.InProcessWorker", "--burst",
+                    "maintenance", env=env)  # fmt: skip
+    assert worker.returncode == 0, worker.stderr
+    assert cli(env, "enqueue", "word-count", "article").returncode == 0  # left queued
+    port = free_port()
+    server = start_python("cli.py", "dashboard", "--port", str(port), env=env, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/rqkit"
+    try:
+        data = json.loads(wait_until(lambda: fetch(f"{base}/overview.json"), timeout=30))
+        pages = {
+            page: fetch(f"{base}/{page}") for page in ("schedule", "failures", "tags?tag=nightly", "workers")
+        }
+        run = httpx.post(f"{base}/schedule/prune-tags/run", headers={"Origin": f"http://127.0.0.1:{port}"})
+    finally:
+        server.terminate()
+        server.wait(30)
+    runs = {(r["job"], r["outcome"]): sum(r["counts"]) for r in data["minute"]["runs"]}
+    assert runs == {("word-count", "succeeded"): 1}
+    assert next(q for q in data["queues"] if q["name"] == "maintenance")["queued"] == 1
+    assert "expire-sessions" in pages["schedule"] and "No failed jobs" in pages["failures"]
+    assert "word-count" in pages["tags?tag=nightly"] and "finished" in pages["tags?tag=nightly"]
+    assert "No workers" in pages["workers"]  # the burst worker ended and left
+    assert run.status_code == 200 and "prune-tags: enqueued" in run.text
+    assert master.llen("rq:queue:maintenance") == 2
+    for body in (json.dumps(data), *pages.values(), run.text):
+        assert MASTER_SECRET not in body and SENTINEL_SECRET not in body
 
 
 def fetch(url: str) -> str:
