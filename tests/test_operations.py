@@ -7,6 +7,7 @@ from typing import Any
 
 from redis import Redis
 from rq import Queue
+from rq.command import send_stop_job_command
 from rq.job import Job, JobStatus
 from rq.utils import now, utcformat
 
@@ -145,6 +146,9 @@ def test_pending_jobs_are_steered_in_place_and_started_ones_refused(
         result = run("jobs", *command)
         assert result.exit_code == 2 and f"job {long} is started" in result.output, command
     assert run("jobs", "move", a, "--to", "nowhere").exit_code == 2
+    # Stopped here: the fixture's warm stop would wait for it, 15 s, before killing the worker
+    send_stop_job_command(connection, long)
+    assert wait_for(started, timeout=20).status == "stopped"
 
 
 def test_a_dead_worker_and_its_abandoned_job_are_shown_as_such(connection: Redis, start_worker: Any) -> None:
