@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from redis import Redis
+from rq.exceptions import DeserializationError
 from rq.job import Job
 from rq.utils import as_text
 
@@ -23,14 +24,19 @@ PREFIX = "rqkit:history:"
 MINUTE, HOUR = 60, 3600
 KEEP = {MINUTE: 2 * 3600, HOUR: 8 * 86400}  # seconds a bucket outlives its period
 OUTCOMES = ("succeeded", "failed")
+UNREADABLE = "(unreadable job)"
 COUNTED_BY_WORKER = "_rqkit_counted_by_worker"  # an attribute of a Job object its worker counts
 
 Buckets = dict[int, dict[tuple[str, str, str], int]]  # period start -> (job, queue, outcome) -> runs
 
 
 def job_type(job: Job) -> str:
-    """The registry name a job was enqueued under, else (enqueued without the toolkit) its function."""
-    return str(job.meta.get("rqkit_job") or job.func_name)
+    """The registry name a job was enqueued under, else (enqueued without the toolkit) its function;
+    for a job whose data can't be read, UNREADABLE."""
+    try:
+        return str(job.meta.get("rqkit_job") or job.func_name)
+    except DeserializationError:
+        return UNREADABLE
 
 
 def bucket_key(size: int, at: float) -> str:

@@ -84,3 +84,10 @@ def test_the_history_reads_the_last_buckets_oldest_first_with_empty_ones(connect
     start = int(now // MINUTE * MINUTE)
     assert list(buckets) == [start - 3 * MINUTE, start - 2 * MINUTE, start - MINUTE, start]
     assert list(buckets.values()) == [{}, {("x", "q", "failed"): 2}, {}, {("x", "q", "succeeded"): 1}]
+
+
+def test_a_job_whose_data_cant_be_read_is_counted_as_unreadable(connection: Redis) -> None:
+    job = Queue("default", connection=connection).enqueue(compat_jobs.add, 1, 2)
+    connection.hset(job.key, "data", b"\x80\x05not pickle")  # what RQ's own suite does to a job
+    InProcessWorker(["default"], connection=connection).work(burst=True)
+    assert totals(connection, MINUTE) == {(history.UNREADABLE, "default", "failed"): 1}
