@@ -30,11 +30,12 @@ from tests.test_metrics_outage import own_redis  # noqa: F401 - the fixture, use
 
 pytestmark = pytest.mark.slow
 
-# RQ gives a worker's connection a socket timeout of its TTL - 15 + 10 s: 15 s for a TTL of 20 s.
-SOCKET_TIMEOUT = 15
+# RQ gives a worker's connection a socket timeout of max(1, TTL - 15) + 10 s: 11 s for a TTL of 16 s, the
+# shortest it gives; a stalled Redis makes each call wait that long.
+SOCKET_TIMEOUT = 11
 WORKER = (
     *("-m", "rq.cli", "worker", "-c", "config.rq", "default"),
-    *("--worker-ttl", "20", "--job-monitoring-interval", "2", "--maintenance-interval", "10"),
+    *("--worker-ttl", "16", "--job-monitoring-interval", "2", "--maintenance-interval", "10"),
 )
 HEARTBEAT_FAILED = re.compile(r"heartbeat of job \S+: Redis is unreachable")
 WAITING_FOR_REDIS = re.compile(r"Worker [0-9a-f]+: Redis is unreachable")  # to claim a job, or record one
@@ -44,9 +45,10 @@ STOP_BOUND = {"restarted": 45, "stalled": 45 + 4 * SOCKET_TIMEOUT}
 
 
 def start_worker(
-    processes: Any, server: RedisServer, log: Path, worker_class: str = "ForkingWorker"
+    processes: Any, server: RedisServer, log: Path, worker_class: str = "ForkingWorker", *options: str
 ) -> subprocess.Popen[bytes]:
-    worker = processes(*WORKER, "-w", f"workers.{worker_class}", log=log)
+    """`options` are added to WORKER's (the last of an option given twice counts)."""
+    worker = processes(*WORKER, "-w", f"workers.{worker_class}", *options, log=log)
     connection = Redis.from_url(server.url)
     wait_until(lambda: blocked_clients(connection), 60, "the worker to wait for a job")
     return worker
@@ -84,6 +86,13 @@ def heartbeat_failures(log: Path) -> int:
     return len(HEARTBEAT_FAILED.findall(log.read_text()))
 
 
+def failures(log: Path) -> int:
+    """The worker's lines that say a call to Redis failed: a heartbeat, or a claim (with the last job's
+    outcome)."""
+    text = log.read_text()
+    return len(HEARTBEAT_FAILED.findall(text)) + len(WAITING_FOR_REDIS.findall(text))
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("outage", ["stalled", "restarted"])
 def test_a_forking_worker_waits_out_an_outage_mid_job_then_records_it_and_runs_the_next(
@@ -94,28 +103,29 @@ def test_a_forking_worker_waits_out_an_outage_mid_job_then_records_it_and_runs_t
 ) -> None:
     log = tmp_path / "worker.log"
     worker = start_worker(processes, own_redis, log)
-    job, started = start_job(10)
+    job, started = start_job(6)
 
     take_away(own_redis, outage)
-    wait_until(lambda: heartbeat_failures(log), SOCKET_TIMEOUT + 45, "a heartbeat to fail")
-    seen = time.monotonic() - started
-    time.sleep(max(0.0, started + SOCKET_TIMEOUT + 5 - time.monotonic()))  # past the job's end too
-    assert worker.poll() is None, log.read_text()
+    time.sleep(max(0.0, started + 7 - time.monotonic()))  # past the job's end, Redis away
+    # Away until a call fails after it: a heartbeat under way since before the end (stalled: it hangs),
+    # or the worker's first try to record the job (restarted: refused at once)
+    before = failures(log)
+    wait_until(lambda: failures(log) > before, SOCKET_TIMEOUT + 45, "a call to fail after the job's end")
+    assert heartbeat_failures(log) and worker.poll() is None, log.read_text()
     back = time.monotonic()
     bring_back(own_redis, outage)
 
     assert wait_for(job, timeout=120).status == "finished", log.read_text()
     recorded = time.monotonic() - back
-    assert job.results()[0].return_value == {"slept": 10} and len(job.results()) == 1
+    assert job.results()[0].return_value == {"slept": 6} and len(job.results()) == 1
     following = enqueue("sleep", 0)
     assert wait_for(following, timeout=60).status == "finished", log.read_text()
     assert worker.poll() is None
     text = log.read_text()
     assert "quitting" not in text and "Traceback" not in text, text
     print(
-        f"{outage}: first heartbeat failure logged {seen:.1f} s into the job, {back - started:.1f} s "
-        f"away in all, {heartbeat_failures(log)} failure lines; job recorded {recorded:.1f} s after "
-        "Redis was back, and the next job ran"
+        f"{outage}: {back - started:.1f} s away in all, {heartbeat_failures(log)} heartbeat failure lines; "
+        f"job recorded {recorded:.1f} s after Redis was back, and the next job ran"
     )
 
 
@@ -131,7 +141,8 @@ def test_a_job_that_fails_while_redis_is_away_is_found_abandoned_and_the_worker_
     horse's death: one line says so, and once Redis is back RQ's registry cleanup fails the job as
     abandoned."""
     log = tmp_path / "worker.log"
-    worker = start_worker(processes, own_redis, log, worker_class)
+    # RQ's registry cleanup every second, not every 10: the job is found as soon as its heartbeat lapses
+    worker = start_worker(processes, own_redis, log, worker_class, "--maintenance-interval", "1")
     job, _ = start_job(30, timeout=3)
     own_redis.stop()
     wait_until(lambda: f"job {job.id} ended unrecorded" in log.read_text(), 60, "the job to fail")
@@ -178,13 +189,17 @@ def test_a_sigterm_in_an_outage_after_the_job_stops_the_worker(
     """At once if Redis refuses connections; a stalled one makes each of the last writes wait for the
     socket timeout."""
     log = tmp_path / "worker.log"
-    worker = start_worker(processes, own_redis, log)
-    start_job(2)
+    # Between the job and the SIGTERM, only the worker's call that records the job: no heartbeat nor
+    # maintenance falls due while the horse's own last write (its metrics) waits out the socket timeout
+    quiet = ("--job-monitoring-interval", "30", "--maintenance-interval", "60")
+    worker = start_worker(processes, own_redis, log, "ForkingWorker", *quiet)
+    job, _ = start_job(2)
     take_away(own_redis, outage)
     wait_until(lambda: WAITING_FOR_REDIS.search(log.read_text()), 4 * SOCKET_TIMEOUT + 30, "the wait")
     assert worker.poll() is None, log.read_text()
     sent = time.monotonic()
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(STOP_BOUND[outage]) == 0, log.read_text()
+    assert f"job {job.id} finished unrecorded" in log.read_text()  # it ended in the outage
     print(f"SIGTERM after the job, Redis {outage}: stopped in {time.monotonic() - sent:.1f} s")
     bring_back(own_redis, outage)
