@@ -18,7 +18,6 @@ from typing import Any
 from redis import Redis
 from rq.exceptions import DeserializationError
 from rq.job import Job
-from rq.utils import as_text
 
 PREFIX = "rqkit:history:"
 MINUTE, HOUR = 60, 3600
@@ -34,9 +33,14 @@ def job_type(job: Job) -> str:
     """The registry name a job was enqueued under, else (enqueued without the toolkit) its function;
     for a job whose data can't be read, UNREADABLE."""
     try:
-        return str(job.meta.get("rqkit_job") or job.func_name)
+        return str(meta_of(job).get("rqkit_job") or job.func_name)
     except DeserializationError:
         return UNREADABLE
+
+
+def meta_of(job: Job) -> dict[str, Any]:
+    """A job's meta, or {} where something else than a dict was written there."""
+    return job.meta if isinstance(job.meta, dict) else {}
 
 
 def bucket_key(size: int, at: float) -> str:
@@ -94,12 +98,14 @@ def read(connection: Redis, size: int, periods: int, now: float | None = None) -
     with connection.pipeline(transaction=False) as pipe:
         for start in starts:
             pipe.hgetall(f"{PREFIX}{size}:{start}")
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
     buckets: Buckets = {}
     for start, reply in zip(starts, replies, strict=True):
         runs = buckets[start] = {}
+        if isinstance(reply, Exception):  # not a hash: another writer's key, left out
+            continue
         for field, value in reply.items():
-            parts = tuple(as_text(field).split("\t"))
-            if len(parts) == 3 and parts[2] in OUTCOMES:
+            parts = tuple(field.decode(errors="replace").split("\t"))
+            if len(parts) == 3 and parts[2] in OUTCOMES and value.isdigit():  # another writer's: left out
                 runs[parts] = runs.get(parts, 0) + int(value)  # type: ignore[index]
     return buckets

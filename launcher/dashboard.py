@@ -67,10 +67,11 @@ SELF_ESCAPED = {
     "rq_dashboard.list_jobs": frozenset({("jobs", "*", "description"), ("jobs", "*", "exc_info")}),
     "rq_dashboard.list_workers": frozenset({("workers", "*", "current_job", "description")}),
 }
-# rq-dashboard's pages need 'unsafe-eval' (Underscore compiles its templates with new Function) and
-# inline style attributes (style="display: none"); no inline script or event handler can run.
+# rq-dashboard's pages need 'unsafe-eval' (Underscore compiles its templates with new Function; the
+# toolkit's pages don't) and inline style attributes (style="display: none"); no inline script or event
+# handler can run.
 CSP = (
-    "default-src 'none'; script-src 'self' 'nonce-{nonce}' 'unsafe-eval'; style-src 'self'; "
+    "default-src 'none'; script-src 'self' 'nonce-{nonce}'{eval}; style-src 'self'; "
     "style-src-attr 'unsafe-inline'; img-src 'self' data:; font-src 'self'; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
@@ -213,7 +214,10 @@ def harden(response: Response) -> Response:
     response.headers.update(SECURITY_HEADERS)
     if response.mimetype == "text/html":
         nonce = secrets.token_urlsafe(18)
-        response.headers["Content-Security-Policy"] = CSP.format(nonce=nonce)
+        evaluates = request.blueprint != pages.blueprint.name
+        response.headers["Content-Security-Policy"] = CSP.format(
+            nonce=nonce, eval=" 'unsafe-eval'" * evaluates
+        )
         # The page is rendered from rq-dashboard's templates only, autoescaped: job data arrive later,
         # as JSON, so no <script that they hold gets the nonce.
         html = response.get_data(as_text=True).replace("<script", f'<script nonce="{nonce}"')

@@ -39,7 +39,8 @@ ACTIONS = {
     "rqkit.stop_worker",
     "rqkit.kill_job",
 }
-TAGS_SHOWN = 200  # tags listed when none is searched for
+TAGS_SHOWN, TAG_SCANS = 200, 100  # tags listed when none is found, SCAN calls to find them
+FAILURES_READ = 10_000  # the newest failed jobs of each queue that the Failures page groups
 
 
 def connection() -> Redis:
@@ -108,14 +109,20 @@ def run_entry(name: str) -> Response:
 
 @blueprint.get("/failures")
 def failures() -> str:
-    return page("failures.html", "failures", groups=views.failed_groups(connection()))
+    redis = connection()
+    total = sum(views.failed_registry(name, redis).count for name in views.queue_names(redis))
+    groups = views.failed_groups(redis, newest=FAILURES_READ)
+    return page(
+        "failures.html", "failures", groups=groups, total=total, grouped=sum(g["count"] for g in groups)
+    )
 
 
 def on_group(action: Callable[..., list[str]], verb: str) -> Response:
-    job, reason = request.form.get("job"), request.form.get("reason")
-    if not job or reason is None:
-        raise JobInputError("name the group: its job and its reason")
-    ids = action(connection(), [], every=True, job_name=job, reason=reason)
+    """Requeue or delete the failed jobs of one group, named by its key (its text may hold anything)."""
+    job, group = request.form.get("job"), request.form.get("group")
+    if not job or not group:
+        raise JobInputError("name the group: its job and its key")
+    ids = action(connection(), [], every=True, job_name=job, group=group)
     return done(f"{verb} {len(ids)} failed {job} job{'s' * (len(ids) != 1)}")
 
 
@@ -134,24 +141,33 @@ def tags() -> str:
     """The jobs of one tag, newest first; with no tag, or one that is not a tag's name, the tags there are
     (those starting with what was typed)."""
     tag = request.args.get("tag", "").strip()
-    if tag and TAG.match(tag) and (jobs := views.list_jobs(connection(), tag=tag, limit=500)):
-        return page("tags.html", "tags", tag=tag, jobs=jobs, known=None)
+    found = tag and TAG.match(tag) and views.list_jobs(connection(), tag=tag, limit=500, prune=False)
+    if found:
+        return page("tags.html", "tags", tag=tag, jobs=found, known=None)
     return page("tags.html", "tags", tag=tag, jobs=[], known=known_tags(connection(), tag))
 
 
 def known_tags(redis: Redis, start: str) -> list[tuple[str, int]]:
-    """Up to TAGS_SHOWN tags starting with `start`, by name, with their job counts."""
+    """Tags starting with `start`, with their job counts: the first TAGS_SHOWN by name of those that a
+    bounded SCAN finds (at most TAG_SCANS calls, whatever the size of the keyspace)."""
     pattern = TAG_PREFIX + "".join(f"\\{char}" if char in "*?[]\\" else char for char in start) + "*"
-    names = []
-    for key in redis.scan_iter(match=pattern, count=1000):
-        names.append(key.decode()[len(TAG_PREFIX) :])
-        if len(names) >= 10 * TAGS_SHOWN:
+    names: set[str] = set()
+    cursor = 0
+    for _ in range(TAG_SCANS):
+        cursor, keys = redis.scan(cursor, match=pattern, count=1000)
+        names.update(text_of(key)[len(TAG_PREFIX) :] for key in keys)
+        if not cursor:
             break
-    names = sorted(names)[:TAGS_SHOWN]
+    shown = sorted(names)[:TAGS_SHOWN]
     with redis.pipeline(transaction=False) as pipe:
-        for name in names:
+        for name in shown:
             pipe.zcard(TAG_PREFIX + name)
-        return list(zip(names, pipe.execute(), strict=True))
+        counts = pipe.execute(raise_on_error=False)  # a key of another type: no count
+    return [(name, count if isinstance(count, int) else 0) for name, count in zip(shown, counts, strict=True)]
+
+
+def text_of(key: bytes | str) -> str:
+    return key.decode(errors="replace") if isinstance(key, bytes) else key
 
 
 @blueprint.get("/workers")
@@ -161,15 +177,19 @@ def workers() -> str:
     return page("workers.html", "workers", hosts=hosts, seconds_since=seconds_since)
 
 
-@blueprint.post("/workers/<path:name>/stop")
-def stop_worker(name: str) -> Response:
+@blueprint.post("/workers/stop")
+def stop_worker() -> Response:
+    """Stop the worker named in the form (a name is no path segment: it may hold a slash or '..')."""
+    name = request.form.get("name", "")
     actions.stop_worker(connection(), name)
     return done(f"worker {name} stops after its current job")
 
 
-@blueprint.post("/workers/<path:name>/kill")
-def kill_job(name: str) -> Response:
-    job_id = actions.kill_current_job(connection(), name)
+@blueprint.post("/workers/kill")
+def kill_job() -> Response:
+    """Kill the job the form names, if the worker it names still runs it."""
+    name = request.form.get("name", "")
+    job_id = actions.kill_current_job(connection(), name, request.form.get("job") or None)
     return done(f"worker {name}: job {job_id} killed")
 
 

@@ -11,25 +11,26 @@ from rq.job import Job, JobStatus
 from rq.worker import BaseWorker
 
 from config import rq_classes
+from config.history import job_type
 from config.rq_classes import NOT_STARTED
 from jobs.errors import JobInputError
 from jobs.registry import check_queue, get_spec
 from jobs.submission import check_text, check_timeout
 from jobs.tags import forget
-from ops.views import failed_jobs, failed_registry, fetch, group_reason
+from ops.views import failed_jobs, failed_registry, fetch, group_key, group_reason
 from scheduler.runner import Scheduler
 
 
 def chosen_failed(
-    connection: Redis, ids: list[str], every: bool, job_name: str | None, reason: str | None = None
+    connection: Redis, ids: list[str], every: bool, job_name: str | None, group: str | None = None
 ) -> list[Job]:
     """The failed jobs a command names: by id (each must be in a failed registry), or all of a kind (and
-    of a group's reason, as failed_groups gives it)."""
+    of one group, by the key failed_groups gives it)."""
     if every == bool(ids):
         raise JobInputError("name failed job ids, or --all (optionally with --job NAME), not both")
     if every:
         kind = failed_jobs(connection, job_name)
-        return [job for job in kind if reason is None or group_reason(job) == reason]
+        return [job for job in kind if group is None or group_key(job_type(job), group_reason(job)) == group]
     jobs = [fetch(job_id, connection) for job_id in ids]
     for job in jobs:
         if job.id not in failed_registry(job.origin, connection):
@@ -42,10 +43,10 @@ def requeue_failed(
     ids: list[str],
     every: bool = False,
     job_name: str | None = None,
-    reason: str | None = None,
+    group: str | None = None,
 ) -> list[str]:
     """Put failed jobs back on their queues, keeping their ids and history."""
-    jobs = chosen_failed(connection, ids, every, job_name, reason)
+    jobs = chosen_failed(connection, ids, every, job_name, group)
     for job in jobs:
         failed_registry(job.origin, connection).requeue(job.id)
     return [job.id for job in jobs]
@@ -56,9 +57,9 @@ def delete_failed(
     ids: list[str],
     every: bool = False,
     job_name: str | None = None,
-    reason: str | None = None,
+    group: str | None = None,
 ) -> list[str]:
-    jobs = chosen_failed(connection, ids, every, job_name, reason)
+    jobs = chosen_failed(connection, ids, every, job_name, group)
     for job in jobs:
         failed_registry(job.origin, connection).remove(job, delete_job=True)
         forget(job, connection)
@@ -72,12 +73,15 @@ def known_worker(connection: Redis, name: str) -> BaseWorker:
     raise JobInputError(f"no worker named {name!r} (see `python cli.py workers`)")
 
 
-def kill_current_job(connection: Redis, name: str) -> str | None:
-    """Stop the worker's current job (RQ's kill-horse command); the worker goes on. The job's id."""
+def kill_current_job(connection: Redis, name: str, expected: str | None = None) -> str | None:
+    """Stop the worker's current job (RQ's kill-horse command); the worker goes on. The job's id.
+    With `expected`, only if that is still the job it runs."""
     worker = known_worker(connection, name)
     job_id = worker.get_current_job_id()
     if job_id is None:
         raise JobInputError(f"worker {name} is not running a job")
+    if expected is not None and job_id != expected:
+        raise JobInputError(f"worker {name} now runs job {job_id}, not {expected}: nothing killed")
     send_kill_horse_command(connection, name)
     return job_id
 

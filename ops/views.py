@@ -3,6 +3,8 @@ Nothing here reads a whole registry: ids come a page at a time."""
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 import socket
 from collections import Counter
@@ -19,7 +21,7 @@ from rq.registry import FailedJobRegistry
 from rq.worker import BaseWorker
 
 from config import get_settings, ping, rq_classes
-from config.history import job_type
+from config.history import job_type, meta_of
 from config.rq_classes import STATES
 from config.worker_fields import MEMORY_FIELD, TTL_FIELD, resident_kb
 from jobs.errors import JobInputError
@@ -112,23 +114,50 @@ def failed_registry(queue: str, connection: Redis) -> FailedJobRegistry:
     return rq_classes.Queue(queue, connection=connection).failed_job_registry
 
 
-def failed_jobs(connection: Redis, job_name: str | None = None) -> Iterator[Job]:
-    """Every failed job of every queue, a page at a time, optionally of one job type."""
+def failed_jobs(connection: Redis, job_name: str | None = None, newest: int | None = None) -> Iterator[Job]:
+    """Every failed job of every queue (or the `newest` of each queue), a page at a time, optionally
+    of one job type."""
     for name in queue_names(connection):
         registry = failed_registry(name, connection)
         start = 0
-        while ids := registry.get_job_ids(start, start + PAGE - 1):
-            start += PAGE
-            for job in rq_classes.Job.fetch_many(ids, connection=connection):
+        while start < (newest or math.inf):
+            size = PAGE if newest is None else min(PAGE, newest - start)
+            if not (ids := registry.get_job_ids(start, start + size - 1, desc=newest is not None)):
+                break
+            start += size
+            for job in readable(ids, connection):
                 if job is not None and (job_name is None or job_type(job) == job_name):
                     yield job
 
 
-def failed_groups(connection: Redis) -> list[dict[str, Any]]:
-    """Failed jobs grouped by job and reason, the largest groups first; a time in a reason (RQ's
-    abandoned jobs carry when they were found) doesn't split a group."""
-    counts = Counter((job_type(job), group_reason(job)) for job in failed_jobs(connection))
-    return [{"job": job, "reason": reason, "count": count} for (job, reason), count in counts.most_common()]
+def readable(ids: list[str], connection: Redis) -> list[Job | None]:
+    """The jobs of `ids` (None for one that is gone, or whose hash RQ can't read: one bad record
+    doesn't hide the others)."""
+    try:
+        return rq_classes.Job.fetch_many(ids, connection=connection)
+    except Exception:  # noqa: BLE001 - a field RQ can't parse: read them one at a time, skip that one
+        jobs: list[Job | None] = []
+        for job_id in ids:
+            try:
+                jobs.append(rq_classes.Job.fetch(job_id, connection=connection))
+            except Exception:  # noqa: BLE001
+                jobs.append(None)
+        return jobs
+
+
+def failed_groups(connection: Redis, newest: int | None = None) -> list[dict[str, Any]]:
+    """Failed jobs (or the `newest` of each queue) grouped by job and reason, the largest groups first;
+    a time in a reason (RQ's abandoned jobs carry when they were found) doesn't split a group. Each
+    group has a key that names it to the actions whatever its text holds."""
+    counts = Counter((job_type(job), group_reason(job)) for job in failed_jobs(connection, newest=newest))
+    return [
+        {"job": job, "reason": reason, "count": count, "key": group_key(job, reason)}
+        for (job, reason), count in counts.most_common()
+    ]
+
+
+def group_key(job_name: str, reason: str) -> str:
+    return hashlib.sha256(f"{job_name}\0{reason}".encode(errors="replace")).hexdigest()[:32]
 
 
 def group_reason(job: Job) -> str:
@@ -145,16 +174,25 @@ def workers(connection: Redis) -> list[dict[str, Any]]:
     for worker in sorted(rq_classes.Worker.all(connection=connection), key=lambda w: w.name):
         view = worker_view(worker)
         job = worker.get_current_job()
-        memory, ttl = connection.hmget(worker.key, MEMORY_FIELD, TTL_FIELD)
-        kb = int(memory) if memory else resident_kb(worker.pid) if worker.hostname == hostname() else None
+        memory, ttl = (whole(value) for value in connection.hmget(worker.key, MEMORY_FIELD, TTL_FIELD))
+        if memory is None and worker.hostname == hostname():  # not one of the toolkit's: read it here
+            memory = resident_kb(worker.pid)
         view |= {
-            "state": view["state"] if is_alive(worker, int(ttl) if ttl else None) else "dead",
+            "state": view["state"] if is_alive(worker, ttl) else "dead",
             "last_heartbeat": iso(worker.last_heartbeat),
             "job_started_at": iso(job.started_at) if job is not None else None,
-            "rss_mb": round(kb / 1024, 1) if kb is not None else None,  # not the toolkit's: read here
+            "rss_mb": round(memory / 1024, 1) if memory is not None else None,
         }
         views.append(view)
     return views
+
+
+def whole(value: bytes | str | None) -> int | None:
+    """A whole number a worker wrote in its hash, or None (none, or not a number)."""
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def is_alive(worker: BaseWorker, ttl: int | None = None) -> bool:
@@ -194,8 +232,10 @@ def list_jobs(
     tag: str | None = None,
     job_name: str | None = None,
     limit: int = 50,
+    prune: bool = True,
 ) -> list[dict[str, Any]]:
-    """Jobs newest first, filtered; reads at most a few pages, never a whole registry."""
+    """Jobs newest first, filtered; reads at most a few pages, never a whole registry. A tag's index
+    loses the ids of jobs that are gone, unless `prune` is False (a read-only reader)."""
     if status is not None and status not in STATES:
         raise JobInputError(f"status must be one of {', '.join(STATES)}, got {status!r}")
     if tag is not None:
@@ -210,9 +250,9 @@ def list_jobs(
         ]
     alive = {worker.name for worker in rq_classes.Worker.all(connection=connection) if is_alive(worker)}
     rows = []
-    for job_id, job in zip(ids, rq_classes.Job.fetch_many(ids, connection=connection), strict=True):
+    for job_id, job in zip(ids, readable(ids, connection), strict=True):
         if job is None:
-            if tag is not None:
+            if tag is not None and prune and not connection.exists(rq_classes.Job.key_for(job_id)):
                 connection.zrem(tag_key(tag), job_id)  # the job expired or was deleted: prune its tag
             continue
         row = summary(job)
@@ -233,8 +273,14 @@ def summary(job: Job) -> dict[str, Any]:
         "job": job_type(job),
         "status": job.get_status(refresh=False).value,
         "queue": job.origin,
-        "tags": job.meta.get("tags", []),
+        "tags": tags_of(job),
         "description": job.description,
         "enqueued_at": iso(job.enqueued_at),
         "created_at": iso(job.created_at),
     }
+
+
+def tags_of(job: Job) -> list[str]:
+    """A job's tags (the strings of its meta's list: what another writer put there may be anything)."""
+    tags = meta_of(job).get("tags")
+    return [tag for tag in tags if isinstance(tag, str)] if isinstance(tags, list) else []

@@ -108,6 +108,9 @@ def run_now(name: str, settings: Settings | None = None) -> Job:
     return job
 
 
+LAST_SECOND = 253_402_300_800  # 10000-01-01: no due time is later
+
+
 def listing(settings: Settings | None = None, connection: Redis | None = None) -> list[dict[str, Any]]:
     """Every entry of the settings: when, its next due time, its last run (when it was enqueued, and for
     which due time, or by hand) and that run's outcome, in the schedule's zone."""
@@ -116,8 +119,9 @@ def listing(settings: Settings | None = None, connection: Redis | None = None) -
     zone = zone_of(settings)
     rows = []
     for entry in load_schedule(settings):
-        pointer = connection.get(next_key(entry.name))
-        due = int(as_text(pointer).rsplit("-", 1)[1]) if pointer else None
+        pointer = as_text(connection.get(next_key(entry.name)) or b"")
+        due = int(pointer.rpartition("-")[2]) if pointer.rpartition("-")[2].isdigit() else None
+        due = due if due is not None and due < LAST_SECOND else None  # not a time: another writer's
         state = {as_text(k): as_text(v) for k, v in connection.hgetall(state_key(entry.name)).items()}
         last = (
             rq_classes.Job.fetch_many([state["last_job"]], connection=connection)[0]

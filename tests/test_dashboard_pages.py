@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,15 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from config import get_settings
+from config import get_settings, history
+from config.history import HOUR, MINUTE
 from config.rq_classes import Job, Queue
 from jobs import submit
+from jobs.tags import PREFIX as TAG_PREFIX
 from jobs.tags import index
 from launcher.dashboard import create_app
+from ops import views
+from scheduler.periodic import next_key
 from scheduler.sync import sync
 from tests.support import start_python, wait_until
 from tests.test_dashboard_markup import MARK, QUEUE, WATCH, WORKER, echo, payload, served_dashboard
@@ -311,3 +316,107 @@ def test_the_pages_say_which_redis_did_not_answer(monkeypatch: pytest.MonkeyPatc
     ):
         answer = client.get(path, base_url="http://127.0.0.1:9181")
         assert answer.status_code == 503 and "Redis is not reachable" in answer.get_data(as_text=True), path
+
+
+ORIGIN = "http://127.0.0.1:9181"
+
+
+def post(client: Any, path: str, **form: str) -> Any:
+    return client.post(path, base_url=ORIGIN, data=form, headers={"Origin": ORIGIN})
+
+
+def test_a_worker_named_like_a_path_is_the_one_its_buttons_act_on(connection: Redis) -> None:
+    """A name is sent as a form field, never as a path: 'x/../victim' can't reach worker 'victim' (or, with
+    more '..', another route of the dashboard)."""
+    for name in ("x/../victim", "victim"):
+        InProcessWorker(["default"], connection=connection, name=name).register_birth()
+    client = create_app(get_settings()).test_client()
+    page = client.get("/rqkit/workers", base_url=ORIGIN).get_data(as_text=True)
+    assert 'data-field-name="x/../victim"' in page and "/rqkit/workers/stop" in page
+    listener = connection.pubsub()
+    listener.subscribe("rq:pubsub:x/../victim", "rq:pubsub:victim")
+    wait_until(
+        lambda: listener.get_message(timeout=1) and listener.get_message(timeout=1), 10, "subscriptions"
+    )
+    assert post(client, "/rqkit/workers/stop", name="x/../victim").status_code == 200
+    message = wait_until(lambda: listener.get_message(timeout=1), 10, "the stop command")
+    assert message["channel"] == b"rq:pubsub:x/../victim"
+    assert listener.get_message(timeout=0.5) is None
+    unknown = post(client, "/rqkit/workers/stop", name="../victim")
+    assert unknown.status_code == 400 and "no worker named '../victim'" in unknown.get_data(as_text=True)
+
+
+def test_a_group_is_named_by_its_key_whatever_its_reason_holds(connection: Redis) -> None:
+    queue = Queue("default", connection=connection)
+    odd = [queue.enqueue("tests.compat_jobs.fail", "nul\x00 and\ttab") for _ in range(2)]
+    plain = queue.enqueue("tests.compat_jobs.fail", "plain")
+    InProcessWorker(["default"], connection=connection).work(burst=True)
+    client = create_app(get_settings()).test_client()
+    page = client.get("/rqkit/failures", base_url=ORIGIN).get_data(as_text=True)
+    key = next(g["key"] for g in views.failed_groups(connection) if "nul" in g["reason"])
+    assert f'data-field-group="{key}"' in page
+    answer = post(client, "/rqkit/failures/requeue", job="tests.compat_jobs.fail", group=key)
+    assert answer.get_data(as_text=True) == "requeued 2 failed tests.compat_jobs.fail jobs\n"
+    assert [job.get_status(refresh=True) for job in odd] == ["queued", "queued"]
+    assert plain.get_status(refresh=True) == "failed"
+
+
+def test_kill_refuses_when_the_worker_runs_another_job_than_the_one_confirmed(connection: Redis) -> None:
+    worker = InProcessWorker(["default"], connection=connection, name="runner")
+    worker.register_birth()
+    worker.prepare_execution(Queue("default", connection=connection).enqueue(echo, 1, job_id="job-now"))
+    client = create_app(get_settings()).test_client()
+    answer = post(client, "/rqkit/workers/kill", name="runner", job="job-seen")
+    assert answer.status_code == 400
+    assert (
+        answer.get_data(as_text=True) == "worker runner now runs job job-now, not job-seen: nothing killed\n"
+    )
+
+
+def test_a_record_no_toolkit_wrote_doesnt_take_a_page_down(connection: Redis) -> None:
+    """Another writer's fields: a job RQ can't read, a tag list that is no list, a worker's fields that
+    are no numbers, a history field that is no count, a key of another type, a pointer that is no time."""
+    queue = Queue("default", connection=connection)
+    bad = queue.enqueue("tests.compat_jobs.fail", "bad")
+    odd_meta = queue.enqueue(echo, 1, meta={"tags": 5})
+    odd_meta.meta = ["not", "a", "dict"]  # type: ignore[assignment]
+    odd_meta.save_meta()
+    good = queue.enqueue("tests.compat_jobs.fail", "good")
+    InProcessWorker(["default"], connection=connection).work(burst=True)
+    connection.hset(bad.key, "created_at", "not a time")
+    connection.zadd(f"{TAG_PREFIX}{TAG}", {bad.id: 1, odd_meta.id: 2, good.id: 3})
+    connection.set(f"{TAG_PREFIX}\xff-string", "x")
+    worker = InProcessWorker(["default"], connection=connection, name="odd")
+    worker.register_birth()
+    connection.hset(worker.key, mapping={"rqkit_memory_kb": "abc", "rqkit_worker_ttl": "ten"})
+    connection.hset(history.bucket_key(MINUTE, time.time()), mapping={"sleep\tdefault\tsucceeded": "x"})
+    connection.set(history.bucket_key(HOUR, time.time()), "not a hash")
+    sync()
+    connection.set(next_key("expire-sessions"), "rqkit-schedule-expire-sessions-99999999999999999999")
+    client = create_app(get_settings()).test_client()
+    for path in (
+        "/rqkit/failures",
+        "/rqkit/tags",
+        f"/rqkit/tags?tag={TAG}",
+        "/rqkit/workers",
+        "/rqkit/schedule",
+    ):
+        assert client.get(path, base_url=ORIGIN).status_code == 200, path
+    data = client.get("/rqkit/overview.json", base_url=ORIGIN).get_json()
+    assert "sleep" not in {run["job"] for run in data["minute"]["runs"]} and data["hour"]["runs"] == []
+    assert "good" in client.get("/rqkit/failures", base_url=ORIGIN).get_data(as_text=True)
+
+
+def test_the_toolkits_pages_run_no_eval_and_a_read_only_look_at_a_tag_changes_nothing(
+    connection: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone = Queue("default", connection=connection).enqueue(echo, 1)
+    connection.zadd(f"{TAG_PREFIX}{TAG}", {gone.id: 1, "no-such-job": 2})
+    monkeypatch.setenv("RQKIT_DASHBOARD_READ_ONLY", "1")
+    get_settings.cache_clear()
+    client = create_app(get_settings()).test_client()
+    ours, theirs = client.get("/rqkit/overview", base_url=ORIGIN), client.get("/", base_url=ORIGIN)
+    assert "'unsafe-eval'" not in ours.headers["Content-Security-Policy"]
+    assert "'unsafe-eval'" in theirs.headers["Content-Security-Policy"]  # rq-dashboard's Underscore needs it
+    assert client.get(f"/rqkit/tags?tag={TAG}", base_url=ORIGIN).status_code == 200
+    assert connection.zcard(f"{TAG_PREFIX}{TAG}") == 2

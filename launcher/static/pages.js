@@ -10,6 +10,7 @@
   var overview = document.querySelector("[data-overview]");
   var COLORS = ["#4682b4", "#2e8b57", "#b8860b", "#6a5acd", "#008b8b", "#8b4513", "#c71585", "#556b2f"];
   var FAILED = "#c0392b";
+  var LINES = 8;  // groups drawn at most: the busiest 7, then all others as one
 
   function say(text, ok) {
     notice.textContent = text;
@@ -52,8 +53,9 @@
     tag.addEventListener("keydown", function (event) { if (event.key === "Enter") search(); });
   }
 
-  // Every other page: its server-rendered part fetched again and put in place.
+  // Every other page: its server-rendered part fetched again and put in place (a list of tags isn't).
   function reload() {
+    if (!document.getElementById("page").hasAttribute("data-refresh")) return Promise.resolve();
     if (document.activeElement && document.activeElement.tagName === "INPUT") return Promise.resolve();
     return fetch(window.location.href, { credentials: "same-origin" })
       .then(function (response) { if (!response.ok) throw new Error(response.status); return response.text(); })
@@ -82,6 +84,17 @@
     });
     if (by === "total" && !groups["all jobs"]) groups["all jobs"] = { processed: period.times.map(function () { return 0; }), failed: period.times.map(function () { return 0; }) };
     var names = Object.keys(groups).sort();
+    if (names.length > LINES) {  // the busiest groups, and the rest as one
+      var total = function (name) { return groups[name].processed.reduce(function (a, b) { return a + b; }, 0); };
+      names.sort(function (a, b) { return total(b) - total(a); });
+      var rest = { processed: period.times.map(function () { return 0; }), failed: period.times.map(function () { return 0; }) };
+      names.slice(LINES - 1).forEach(function (name) {
+        groups[name].processed.forEach(function (count, i) { rest.processed[i] += count; rest.failed[i] += groups[name].failed[i]; });
+      });
+      names = names.slice(0, LINES - 1).sort();
+      groups["(others)"] = rest;
+      names.push("(others)");
+    }
     var series = [{}];
     var data = [period.times];
     names.forEach(function (name, i) {
