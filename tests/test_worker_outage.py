@@ -189,11 +189,12 @@ def test_a_sigterm_in_an_outage_after_the_job_stops_the_worker(
     """At once if Redis refuses connections; a stalled one makes each of the last writes wait for the
     socket timeout."""
     log = tmp_path / "worker.log"
-    # Between the job and the SIGTERM, only the worker's call that records the job: no heartbeat nor
-    # maintenance falls due while the horse's own last write (its metrics) waits out the socket timeout
+    # Between the job and the SIGTERM, only the worker's call that records the job: no heartbeat or
+    # maintenance falls due, and a plain function's horse ends with it (a registry job's then sends its
+    # metrics, which a stalled Redis holds for the socket timeout)
     quiet = ("--job-monitoring-interval", "30", "--maintenance-interval", "60")
     worker = start_worker(processes, own_redis, log, "ForkingWorker", *quiet)
-    job, _ = start_job(2)
+    job, _ = start_job(2, timeout=60)
     take_away(own_redis, outage)
     wait_until(lambda: WAITING_FOR_REDIS.search(log.read_text()), 4 * SOCKET_TIMEOUT + 30, "the wait")
     assert worker.poll() is None, log.read_text()
