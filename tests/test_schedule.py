@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from redis import Redis
+from rq import Worker
 from rq.job import Job
 from rq_scheduler import Scheduler
 
@@ -149,6 +150,13 @@ def fired(connection: Redis, name: str) -> list[int]:
     )
 
 
+def stack_up(connection: Redis) -> bool:
+    """An rqscheduler has started on this database, and a worker waits for a job."""
+    workers = Worker.all(connection=connection)
+    started = connection.keys(Scheduler.redis_scheduler_namespace_prefix + "*")
+    return bool(started) and any(worker.get_state() == "idle" for worker in workers)
+
+
 def real_runs(connection: Redis) -> list[Job]:
     """The entry's own jobs (sleep) that started or finished on `default`, not the triggers beside them."""
     ids = connection.zrange("rq:finished:default", 0, -1) + connection.zrange("rq:wip:default", 0, -1)
@@ -212,33 +220,26 @@ def test_a_cron_entry_fires_on_time_whatever_the_hosts_zone(
     monkeypatch: pytest.MonkeyPatch, connection: Redis, processes: Any, redis_server: Any
 ) -> None:
     """Three stacks on three databases, their processes in UTC, New York and Tokyo time."""
-    zones, results = ["UTC", "America/New_York", "Asia/Tokyo"], {}
-    now = datetime.now(ZoneInfo("Europe/Paris"))
-    if now.second > 50:  # too close to the minute boundary for the sync to land before it
-        time.sleep(61 - now.second)
-        now = datetime.now(ZoneInfo("Europe/Paris"))
-    due = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
-    cron = f"{due.minute} {due.hour} * * *"
-    for db, zone in enumerate(zones, start=1):
+    stacks: dict[str, tuple[Redis, dict[str, str]]] = {}
+    for db, zone in enumerate(["UTC", "America/New_York", "Asia/Tokyo"], start=1):
         url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
         client = Redis.from_url(url)
         client.flushdb()
-        env = {
-            "REDIS_URL": url,
-            "RQ_REDIS_URL": url,
-            "TZ": zone,
-            "RQKIT_SCHEDULE_TIMEZONE": "Europe/Paris",
-            "RQKIT_SCHEDULE": json.dumps({"report": {"job": "sleep", "args": [0], "cron": cron}}),
-        }
-        settings = load_settings({**os.environ, **env})
-        schedule_store.sync(settings, client)
+        env = {"REDIS_URL": url, "RQ_REDIS_URL": url, "TZ": zone, "RQKIT_SCHEDULE_TIMEZONE": "Europe/Paris"}
         processes(*RQSCHEDULER, env=env)
         processes(*WORKER, env=env)
-        results[zone] = client
+        stacks[zone] = (client, env)
+    # Every stack up first: the due time then only leaves time for the syncs (the entry is read from Redis)
+    wait_until(lambda: all(stack_up(client) for client, _ in stacks.values()), 60, "the three stacks")
+    now = datetime.now(ZoneInfo("Europe/Paris"))
+    due = (now + timedelta(seconds=62)).replace(second=0, microsecond=0)  # the first minute 2 s off or more
+    schedule = json.dumps({"report": {"job": "sleep", "args": [0], "cron": f"{due.minute} {due.hour} * * *"}})
+    for client, env in stacks.values():
+        schedule_store.sync(load_settings({**os.environ, **env, "RQKIT_SCHEDULE": schedule}), client)
     deadline = time.monotonic() + 75
-    while time.monotonic() < deadline and not all(real_runs(client) for client in results.values()):
+    while time.monotonic() < deadline and not all(real_runs(client) for client, _ in stacks.values()):
         time.sleep(0.2)
-    for zone, client in results.items():
+    for zone, (client, _) in stacks.items():
         [run] = real_runs(client)
         enqueued = run.enqueued_at
         assert enqueued is not None
