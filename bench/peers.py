@@ -274,6 +274,7 @@ class System:
     rss_child: bool = False  # report the forked worker's RSS (dramatiq's master only supervises)
     polls: bool = False  # the worker polls every 0.5 s: random gaps, a quarter of the samples
     broken: str = ""  # why it can't run, if it can't
+    tree: Path | None = None  # another checkout of the project for its worker to run (history_cost.py)
 
 
 Drained = tuple[int, float, float, float]  # jobs, jobs/s, seconds to the first job, RSS MB
@@ -310,13 +311,15 @@ class Bench:
         )
 
     def spawn(self, system: System, command: list[str], log: str) -> subprocess.Popen[bytes]:
-        """Start a worker in a session of its own (the project's from the repo root, for `config`)."""
-        cwd = PROJECT_ROOT if system.python == sys.executable else self.work
+        """Start a worker in a session of its own (the project's from the repo root, for `config`, or
+        from the system's own tree, first on its path)."""
+        cwd = system.tree or (PROJECT_ROOT if system.python == sys.executable else self.work)
+        env = dict(self.env, PYTHONPATH=f"{system.tree}{os.pathsep}{self.work}") if system.tree else self.env
         with open(self.work / "logs" / log, "wb") as out:
             return subprocess.Popen(
                 command,
                 cwd=cwd,
-                env=self.env,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
