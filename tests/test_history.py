@@ -55,6 +55,8 @@ def test_each_run_is_counted_once_in_its_minute_and_its_hour(connection: Redis, 
             expected[("tests.compat_jobs.crash", "default", "failed")] = 1
     assert totals(connection, MINUTE) == expected
     assert totals(connection, HOUR) == expected
+    buckets = list(connection.scan_iter(f"{PREFIX}*"))
+    assert buckets and all(0 < connection.ttl(key) <= KEEP[HOUR] + HOUR for key in buckets)  # all expire
 
 
 def test_a_bucket_expires_at_a_fixed_time_after_its_period(connection: Redis) -> None:

@@ -60,8 +60,9 @@ local function record(a)
     end
   end
   for i = 11, 12 do
-    redis.call('HINCRBY', a[i], a[15], 1)
-    redis.call('EXPIREAT', a[i], a[i + 2])
+    if redis.call('HINCRBY', a[i], a[15], 1) == 1 then  -- a new field: maybe a new bucket
+      redis.call('EXPIREAT', a[i], a[i + 2])
+    end
   end
   local composite = id .. ':' .. eid
   redis.call('DEL', prefix .. ':execution:' .. composite)
