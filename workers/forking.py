@@ -23,6 +23,7 @@ from config.outage import OutageRetry, is_outage
 from workers.base import FastWorker
 from workers.claims import Claimed, Success
 
+STOPS = {signal.SIGTERM, signal.SIGINT}  # what asks a worker to stop
 STARTED = b"S"  # what a work-horse says as it starts its job, before it reports the outcome
 
 
@@ -136,15 +137,21 @@ class ForkingWorker(FastWorker):
         self._waiting.connection_pool.disconnect()
         jobs_read, jobs_write = os.pipe()
         reports_read, reports_write = os.pipe()
+        # A stop asked for while the fork runs would be raised inside the fork's own hooks, where
+        # Python drops it ("Exception ignored"): the worker ran on. Held back, it arrives just after.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
         pid = os.fork()
         if pid == 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.setpgrp()
             os.close(jobs_write)
             os.close(reports_read)
             self.main_work_horse_on(jobs_read, reports_write, spare)
         os.close(jobs_read)
         os.close(reports_write)
-        return Horse(pid, jobs_write, reports_read)
+        horse = Horse(pid, jobs_write, reports_read)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return horse
 
     def main_work_horse_on(self, jobs: int, reports: int, spare: bool) -> None:
         """The horse: wait for its job, run it; send a plain success to the worker, handle anything
