@@ -4,15 +4,17 @@
 A bucket is one Redis hash (`rqkit:history:60:<minute's epoch>`, `rqkit:history:3600:<hour's epoch>`),
 field `job<TAB>queue<TAB>succeeded|failed`, that expires at a fixed time after its period: however many
 jobs run, Redis holds at most 120 + 192 of them, each with a field per kind of run. Who adds a run: the
-toolkit's workers, for every job they run (a plain success inside the script that records it, no round
-trip of its own); under any other worker (a stock `rq worker`), the toolkit's job entry points, in the
-pipeline that records their metrics (jobs/runtime.py). A job that the toolkit's worker runs carries
-`COUNTED_BY_WORKER`, so the two never both count it.
+toolkit's workers, for every job they run (plain successes counted in memory and sent with a later
+script call at most once a second, and when the worker goes idle: no round trip of their own, Tally;
+every other end after RQ's own handling); under any other worker (a stock `rq worker`), the toolkit's
+job entry points, in the pipeline that records their metrics (jobs/runtime.py). A job that the
+toolkit's worker runs carries `COUNTED_BY_WORKER`, so the two never both count it.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from functools import lru_cache
 from typing import Any
 
@@ -66,17 +68,49 @@ def run_counts(name: str, queue: str, outcome: str, at: float) -> dict[str, dict
     return {bucket_key(size, at): {field: 1} for size in KEEP}
 
 
-def script_args(job: Job, outcome: str, at: float) -> list[Any]:
-    """The claim script's history arguments for a run: each bucket's key and expiry, then the field."""
-    return [*minute_args(int(at // MINUTE)), run_field(job_type(job), job.origin, outcome)]
+class Tally:
+    """Runs counted in a worker's memory and sent with a later script call, at most once a second (as
+    Sidekiq sends its processed counts with its heartbeat): per job, a dict addition; per second, a
+    few arguments (bench/history_cost.py). A worker killed with -9 loses at most that second's counts."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[int, str]] = Counter()  # (minute, field) -> runs
+        self.sent_at = time.monotonic()
+
+    def add(self, job: Job, outcome: str, at: float) -> None:
+        self.counts[(int(at // MINUTE), run_field(job_type(job), job.origin, outcome))] += 1
+
+    def due(self, now: bool = False) -> list[Any]:
+        """The claim script's history arguments if the counts are due (or `now`): for each bucket and
+        field, the key, its expiry, the field and the runs; else none."""
+        if not self.counts or not (now or time.monotonic() - self.sent_at >= 1):
+            return []
+        return [
+            arg
+            for (minute, field), runs in self.counts.items()
+            for key, expires in bucket_expiries(minute)
+            for arg in (key, expires, field, runs)
+        ]
+
+    def as_counts(self) -> dict[str, dict[str, float]]:
+        """The same runs as `add` takes them: bucket -> field -> runs."""
+        counts: dict[str, dict[str, float]] = {}
+        for (minute, field), runs in self.counts.items():
+            for key, _ in bucket_expiries(minute):
+                bucket = counts.setdefault(key, {})
+                bucket[field] = bucket.get(field, 0) + runs
+        return counts
+
+    def sent(self) -> None:
+        self.counts.clear()
+        self.sent_at = time.monotonic()
 
 
-@lru_cache(maxsize=2)
-def minute_args(minute: int) -> tuple[bytes, ...]:
-    """The buckets' keys and expiries for a minute, made once a minute, as bytes (a run's share of a
-    no-op job's time: bench/history_cost.py)."""
+@lru_cache(maxsize=4)
+def bucket_expiries(minute: int) -> tuple[tuple[str, int], ...]:
+    """The minute's and its hour's buckets, each with when it expires."""
     keys = [bucket_key(size, minute * MINUTE) for size in KEEP]
-    return (*(key.encode() for key in keys), *(str(expiry(key)).encode() for key in keys))
+    return tuple((key, expiry(key) or 0) for key in keys)
 
 
 def count_run(connection: Redis, job: Job, outcome: str) -> None:

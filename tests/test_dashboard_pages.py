@@ -45,9 +45,8 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 
 
 def plant(connection: Redis) -> dict[str, Any]:
-    """Jobs for every page: successes and failures of several types and reasons, tagged jobs, a long job
-    and one queued behind it on the hostile queue."""
-    default, hostile = Queue("default", connection=connection), Queue(QUEUE, connection=connection)
+    """Jobs for every page: successes and failures of several types and reasons, tagged jobs."""
+    default = Queue("default", connection=connection)
     tagged = [submit("sleep", (0,), tags=[TAG]).job for _ in range(3)]
     odd = default.enqueue(echo, payload("taggedjob"), meta={"tags": [TAG, payload("tag")]})
     index(odd, connection)  # as the toolkit indexes a tag, for a tag it would have refused
@@ -58,9 +57,15 @@ def plant(connection: Redis) -> dict[str, Any]:
         "boom": [default.enqueue("tests.compat_jobs.fail", "boom") for _ in range(2)],
         "other": [default.enqueue("tests.compat_jobs.fail", "other")],
     }
-    busy = hostile.enqueue(echo, payload("busy"), wait=120)
-    waiting = hostile.enqueue(echo, payload("waiting"))
-    return {"tagged": [*tagged, odd], "failed": failed, "busy": busy, "waiting": waiting}
+    return {"tagged": [*tagged, odd], "failed": failed}
+
+
+def start_a_long_job(connection: Redis, jobs: dict[str, Any]) -> None:
+    """Once the quick jobs have run, a long job on the hostile queue, and one queued behind it."""
+    wait_until(lambda: Queue("default", connection=connection).failed_job_registry.count == 4, 60, "the jobs")
+    hostile = Queue(QUEUE, connection=connection)
+    jobs["busy"] = hostile.enqueue(echo, payload("busy"), wait=120)
+    jobs["waiting"] = hostile.enqueue(echo, payload("waiting"))
 
 
 @pytest.fixture
@@ -169,7 +174,7 @@ def test_every_page_in_a_browser(
 
     jobs = plant(connection)
     sync()
-    jobs["busy"].refresh()
+    start_a_long_job(connection, jobs)
     wait_until(
         lambda: jobs["busy"].get_status(refresh=True) == "started", 60, "the worker to take the long job"
     )

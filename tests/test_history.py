@@ -93,3 +93,18 @@ def test_a_job_whose_data_cant_be_read_is_counted_as_unreadable(connection: Redi
     connection.hset(job.key, "data", b"\x80\x05not pickle")  # what RQ's own suite does to a job
     InProcessWorker(["default"], connection=connection).work(burst=True)
     assert totals(connection, MINUTE) == {(history.UNREADABLE, "default", "failed"): 1}
+
+
+def test_runs_a_worker_holds_back_go_with_its_next_heartbeat(connection: Redis) -> None:
+    """A toolkit worker sends plain successes with a later script call (at most once a second, and as
+    it goes idle); while a long job runs, with its heartbeats."""
+    worker = ForkingWorker(["default"], connection=connection)
+    worker.register_birth()
+    job = Queue("default", connection=connection).enqueue(compat_jobs.add, 1, 2)
+    worker._tally.add(job, "succeeded", time.time())
+    assert totals(connection, MINUTE) == {}
+    worker.heartbeat(timeout=60)  # as during a job
+    assert totals(connection, MINUTE) == {("tests.compat_jobs.add", "default", "succeeded"): 1}
+    assert totals(connection, HOUR) == {("tests.compat_jobs.add", "default", "succeeded"): 1}
+    worker.heartbeat(timeout=60)
+    assert totals(connection, MINUTE) == {("tests.compat_jobs.add", "default", "succeeded"): 1}

@@ -29,7 +29,6 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import get_version, now, utcformat
 from rq.worker import WorkerStatus
 
-from config import history
 from config.connection import reconnect, separate_client
 from config.history import COUNTED_BY_WORKER
 from config.outage import OutageRetry, is_outage
@@ -44,6 +43,7 @@ from workers.claims import (
     Claimed,
     Popped,
     Success,
+    as_mapping,
     idle_wait,
 )
 from workers.paths import rq_path_reason
@@ -67,9 +67,7 @@ class FastWorker(Reporting):
         self._step = self.connection.register_script(CLAIM_SCRIPT)
         self._idle_ttl_at: float | None = None  # when the worker's key last got its idle TTL
         self._unrecorded: Success | None = None
-        self._queues = {
-            queue.name: queue for queue in self.queues
-        }  # by name: RQ's constructors are not cheap
+        self._queues = {queue.name: queue for queue in self.queues}  # by name: RQ's constructors cost
         # The blocking wait for a job has a connection of its own, closed before each fork: if this
         # process dies in that wait, no horse (or process a job left behind) holds the socket open,
         # which would make Redis hand the next job to a reader that is gone.
@@ -168,6 +166,7 @@ class FastWorker(Reporting):
         """What RQ's worker does before it waits for a job, and the next horse made ready."""
         self.set_state(WorkerStatus.IDLE)
         self.procline("Listening on " + ",".join(self.queue_names()))
+        self.record()  # the runs counted: an idle worker holds none back
         self.heartbeat()
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()  # (it may fork a scheduler: before the spare's pipes exist)
@@ -248,9 +247,10 @@ class FastWorker(Reporting):
         self.executions[claimed.execution_id] = execution
         return job, queue
 
-    def step(self, keys: list[str], claim: list[Any]) -> Any:
-        """Run the script: record the unrecorded success, and claim if `keys` name queues. None when
-        the success went to RQ's own handling instead (the job has dependents), with nothing claimed."""
+    def step(self, keys: list[str], claim: list[Any], send_runs: bool = False) -> Any:
+        """Run the script: add the runs counted (when due, or `send_runs`), record the unrecorded
+        success, and claim if `keys` name queues. None when the success went to RQ's own handling
+        instead (the job has dependents), with nothing claimed."""
         success, self._unrecorded = self._unrecorded, None
         record: list[Any] = []
         if success:
@@ -267,14 +267,16 @@ class FastWorker(Reporting):
                 job.get_result_ttl(self.default_result_ttl),
                 (job.ended_at - job.started_at).total_seconds(),
                 self.worker_ttl + 60,
-                *history.script_args(job, "succeeded", job.ended_at.timestamp()),
                 *success.fields,
             ]
+        runs = self._tally.due(send_runs)
         try:
-            reply = self._step(keys, [len(record), *record, *claim])
+            reply = self._step(keys, [len(record), *record, len(runs), *runs, *claim])
         except BaseException:
             self._unrecorded = success  # a connection error: record it with the next script
             raise
+        if runs:
+            self._tally.sent()
         claimed = bool(reply) and reply[0] == b"job"
         if claimed:
             self._idle_ttl_at = None  # the claim gave the worker's key the job's heartbeat TTL
@@ -285,13 +287,16 @@ class FastWorker(Reporting):
                 return None
             if not claimed:
                 self._idle_ttl_at = time.monotonic()  # the record wrote the idle TTL, and nothing after it
+            self._tally.add(success.job, "succeeded", time.time())
             self.job_line("Worker %s: %s: Job OK (%s)", self.name, success.queue.name, success.job.id)
         return reply
 
     def record(self) -> None:
-        """Record the unrecorded success now (the worker is about to do something else)."""
+        """Record the unrecorded success and send the runs counted now (before a wait, sweep or stop)."""
         if self._unrecorded:
             self.step([], [])
+        if self._tally.counts:
+            self.step([], [], send_runs=True)
 
     def hand_to_rq(self, success: Success) -> None:
         """RQ's own success handling (the job has dependents), with the result the horse sent."""
@@ -313,11 +318,10 @@ class FastWorker(Reporting):
         try:
             self.record()
         except RedisError as exc:
-            assert self._unrecorded is not None
-            job_id = self._unrecorded.job.id
-            self.log.error(
-                "Worker %s: Redis error as it stops (%s): job %s finished unrecorded", self.name, exc, job_id
+            lost = (
+                f"job {self._unrecorded.job.id} finished unrecorded" if self._unrecorded else "runs uncounted"
             )
+            self.log.error("Worker %s: Redis error as it stops (%s): %s", self.name, exc, lost)
         try:
             super().teardown()
         except RedisError as exc:
@@ -390,8 +394,3 @@ class FastWorker(Reporting):
         except:  # noqa: E722 (RQ's own catch-all: a BaseException from the job fails it too)
             self._finalize_failure(job, queue, execution, sys.exc_info())
         return None
-
-
-def as_mapping(flat: list[Any]) -> dict[Any, Any]:
-    """A field-value list (HGETALL's reply, XADD's arguments) as a dict."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))

@@ -9,10 +9,10 @@
 --   1 RQ's key prefix ('rq')    2 worker name          3 job id               4 execution id
 --   5 queue name                6 ended (RQ's date format)                    7 ended (epoch seconds)
 --   8 result TTL (-1: for ever) 9 seconds worked       10 the worker's key TTL
---   11, 12 the job history's minute and hour buckets (config/history.py), 13, 14 when each expires,
---   15 the run's field in them
---   16.. the result stream entry, as XADD's field-value list
--- ARGV[n+2 ..], the claim:
+--   11.. the result stream entry, as XADD's field-value list
+-- ARGV[n+2]: h, the number of job history arguments that follow (config/history.py's Tally), by
+--   four: a bucket's key, when it expires, a field, the runs to add to it
+-- ARGV[n+h+3 ..], the claim:
 --   1 RQ's key prefix           2 worker name          3 now (epoch seconds)  4 now (RQ's date format)
 --   5 execution id              6 the job id a blocking wait popped ('' to pop here)
 --   7 where that id sits: '0' nowhere (BLPOP), '1' in KEYS[1]'s intermediate list (BLMOVE), '2' not
@@ -47,7 +47,7 @@ local function record(a)
   redis.call('HINCRBYFLOAT', wkey, 'total_working_time', a[9])
   if redis.call('EXISTS', jobkey) == 1 then
     redis.call('HSET', jobkey, 'status', 'finished', 'ended_at', stamp, 'last_heartbeat', stamp)
-    redis.call('XADD', results, 'MAXLEN', 10, '*', unpack(a, 16))
+    redis.call('XADD', results, 'MAXLEN', 10, '*', unpack(a, 11))
     if ttl == -1 then
       redis.call('PERSIST', results)
       redis.call('ZADD', prefix .. ':finished:' .. queue, '+inf', id)
@@ -57,11 +57,6 @@ local function record(a)
       redis.call('EXPIRE', jobkey, ttl)
       redis.call('EXPIRE', jobkey .. ':dependents', ttl)
       redis.call('EXPIRE', prefix .. ':job::' .. id .. ':dependencies', ttl)  -- sic: RQ's key
-    end
-  end
-  for i = 11, 12 do
-    if redis.call('HINCRBY', a[i], a[15], 1) == 1 then  -- a new field: maybe a new bucket
-      redis.call('EXPIREAT', a[i], a[i + 2])
     end
   end
   local composite = id .. ':' .. eid
@@ -135,6 +130,12 @@ local function claim(a)
 end
 
 local n = tonumber(ARGV[1])
+local h = tonumber(ARGV[n + 2])
+for i = n + 3, n + h + 2, 4 do
+  if redis.call('HINCRBY', ARGV[i], ARGV[i + 2], ARGV[i + 3]) == tonumber(ARGV[i + 3]) then
+    redis.call('EXPIREAT', ARGV[i], ARGV[i + 1])  -- a new field: maybe a new bucket
+  end
+end
 if n > 0 and not record({unpack(ARGV, 2, n + 1)}) then return {'dependents'} end
 if #KEYS == 0 then return {} end
-return claim({unpack(ARGV, n + 2)})
+return claim({unpack(ARGV, n + h + 3)})

@@ -52,3 +52,8 @@ class Claimed(NamedTuple):
     fields: list[bytes]  # the job's hash, as HGETALL's field-value list
     execution_id: str
     started: datetime
+
+
+def as_mapping(flat: list[Any]) -> dict[Any, Any]:
+    """A field-value list (HGETALL's reply, XADD's arguments) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))

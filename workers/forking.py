@@ -73,7 +73,7 @@ class ForkingWorker(FastWorker):
         are not made on the next job's way in (a millisecond or so here, in each process)."""
         if self._rehearsal is None:
             return
-        self._step([], [0])  # a round trip that writes nothing
+        self._step([], [0, 0])  # a round trip that writes nothing
         self.adopt(self._rehearsal)
         self.executions.clear()
 

@@ -37,11 +37,19 @@ class Reporting(rq_classes.Worker):
         that late (RQ keeps no TTL: others go by RQ's default)."""
         return {**super().serialize(), TTL_FIELD: self.worker_ttl}
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tally = history.Tally()  # plain successes, sent with the claim script or a heartbeat
+
     def beat(self, timeout: int | None, pipeline: Any) -> None:
-        """RQ's heartbeat, and the memory this worker and its work-horse hold, for the dashboard."""
+        """RQ's heartbeat, the memory this worker and its work-horse hold, and the runs counted but not
+        sent yet (a long job holds back no claim script's: they go with its heartbeats)."""
         super().heartbeat(timeout, pipeline)
         held = [resident_kb(pid) for pid in (os.getpid(), self.horse_pid or None) if pid]
         pipeline.hset(self.key, MEMORY_FIELD, sum(kb for kb in held if kb is not None))
+        if self._tally.counts:
+            history.add(pipeline, self._tally.as_counts())
+            self._tally.sent()
 
     def handle_job_success(self, job: Job, queue: Queue, *args: Any, **kwargs: Any) -> None:
         """RQ's, for a success the script doesn't record; counted in the job history."""
