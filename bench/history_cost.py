@@ -30,10 +30,8 @@ from statistics import median
 
 from redis import Redis
 
-from bench.peers import Bench, System, drain, machine, pin, rq_systems
-from config import get_settings
+from bench.peers import Bench, System, drain, machine, private_redis, rq_systems
 from config.settings import PROJECT_ROOT
-from launcher.redis_server import RedisServer, free_port
 
 WORKERS = ("rq-simple", "toolkit-inproc", "toolkit")  # peers.py's keys: the control first
 SIDES = ("before", "after")
@@ -199,23 +197,11 @@ def main() -> None:
     trees = {"before": options.before.resolve(), "after": options.after.resolve()}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        server = RedisServer(free_port(), work / "redis").start()
-        pinned = pin(server)
-        (work / "none.toml").write_text("")
-        os.environ.update(
-            REDIS_URL=server.url,
-            RQKIT_VAR_DIR=tmp,
-            RQKIT_CONFIG=str(work / "none.toml"),
-            RQKIT_SERIALIZER="pickle",
-        )
-        get_settings.cache_clear()
-        try:
+        with private_redis(work) as (server, pinned):
             bench = MeteredBench(work, server.url)
             pairs = tree_systems(work, trees)
             runs = measure(bench, pairs, options.jobs, options.rounds)
             print(f"\n{machine(bench.connection, {}).rstrip(', ')}; {pinned}")
-        finally:
-            server.stop()
     for side, tree in trees.items():
         print(f"{side}: {described(tree)}")
     loads = [got.load for rounds in runs.values() for got in rounds]

@@ -27,7 +27,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -707,24 +708,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         peers, peer_versions = peer_systems(work)
-        server = RedisServer(free_port(), work / "redis").start()
-        pinned = pin(server)
-        (work / "none.toml").write_text("")
-        os.environ.update(
-            REDIS_URL=server.url,
-            RQKIT_VAR_DIR=tmp,
-            RQKIT_CONFIG=str(work / "none.toml"),
-            RQKIT_SERIALIZER="pickle",
-        )
-        get_settings.cache_clear()
-        try:
+        with private_redis(work) as (server, pinned):
             bench = Bench(work, server.url)
             everything = rq_systems(work) + peers
             results = measure(bench, everything, options.jobs, options.samples, options.rounds)
             print(f"\n{machine(bench.connection, peer_versions)}; {pinned}")
-        finally:
-            server.stop()
     print_tables(everything, results)
+
+
+@contextmanager
+def private_redis(work: Path) -> Iterator[tuple[RedisServer, str]]:
+    """A private redis-server under `work`, alone on the first CPU (and how it was pinned), with the
+    toolkit's settings pointed at it (no settings file, pickle); stopped at the end."""
+    server = RedisServer(free_port(), work / "redis").start()
+    pinned = pin(server)
+    (work / "none.toml").write_text("")
+    os.environ.update(
+        REDIS_URL=server.url,
+        RQKIT_VAR_DIR=str(work),
+        RQKIT_CONFIG=str(work / "none.toml"),
+        RQKIT_SERIALIZER="pickle",
+    )
+    get_settings.cache_clear()
+    try:
+        yield server, pinned
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -24,9 +24,7 @@ from pathlib import Path
 from statistics import median
 
 from bench.history_cost import MeteredBench, Snapshot, metered_drain
-from bench.peers import System, attempt, machine, peer_systems, pin, rq_systems
-from config import get_settings
-from launcher.redis_server import RedisServer, free_port
+from bench.peers import System, attempt, machine, peer_systems, private_redis, rq_systems
 
 IDLE_SECONDS = 5.0
 RQ_KEYS = ("rq-simple", "rq-fork")  # the work's Redis CPU is shown against these
@@ -132,24 +130,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         peers, peer_versions = peer_systems(work)
-        server = RedisServer(free_port(), work / "redis").start()
-        pinned = pin(server)
-        (work / "none.toml").write_text("")
-        os.environ.update(
-            REDIS_URL=server.url,
-            RQKIT_VAR_DIR=tmp,
-            RQKIT_CONFIG=str(work / "none.toml"),
-            RQKIT_SERIALIZER="pickle",
-        )
-        get_settings.cache_clear()
-        try:
+        with private_redis(work) as (server, pinned):
             bench = CostBench(work, server.url)
             idle = idle_ms(bench)
             systems = rq_systems(work) + peers
             runs = measure(bench, systems, options.jobs, options.rounds)
             print(f"\n{machine(bench.connection, peer_versions)}; {pinned}")
-        finally:
-            server.stop()
     print(
         f"{options.rounds} rounds; Redis idle: {idle:.2f} ms CPU/s;"
         f" 1-min load average now {os.getloadavg()[0]:.2f}"
