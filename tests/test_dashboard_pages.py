@@ -26,6 +26,7 @@ from launcher.dashboard import create_app
 from ops import views
 from scheduler.periodic import next_key
 from scheduler.sync import sync
+from tests import test_dashboard_markup
 from tests.support import start_python, wait_until
 from tests.test_dashboard_markup import MARK, QUEUE, WATCH, WORKER, echo, payload, served_dashboard
 from workers import InProcessWorker
@@ -34,14 +35,8 @@ pytestmark = pytest.mark.slow
 
 HOSTILE_TYPE = payload("jobtype")  # a job type name is a job's own meta: anything at all
 TAG = "customer:42"
-
-
-@pytest.fixture(params=["pickle", "json"])
-def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("RQKIT_SERIALIZER", request.param)
-    monkeypatch.setenv("RQKIT_JOB_FUNCTIONS", "tests.compat_jobs.*,tests.test_dashboard_markup.*")
-    get_settings.cache_clear()
-    return str(request.param)
+# test_dashboard_markup's fixture: pickle and JSON modes, with its job functions allowed.
+mode = test_dashboard_markup.mode
 
 
 def plant(connection: Redis) -> dict[str, Any]:
