@@ -10,14 +10,18 @@ one queue waits with BLMOVE into RQ's intermediate list, which RQ's own maintena
   sighted, and its first sighting kept in Redis;
 - a job sighted at an earlier pass `confirm` s before (45), and enqueued `grace` s ago (60), is put
   back at the front of its queue by one script that checks it all again (queued, on no list, in no
-  registry, no execution, not put back in the last PUT_BACK_TTL s). A worker claims a job
-  milliseconds after its pop, so a live worker's job is never caught between the two at two passes;
+  registry, no execution, not put back in the last 10 minutes: config/put_back.py). A worker
+  claims a job milliseconds after its pop, so a live worker's job is never caught between the two
+  at two passes;
 - except while a connection stands that may still hand the job to a worker: its last command a
   blocking pop it is no longer blocked in, quiet since between the job's enqueue and its first
   sighting (a cut-off host's, say, whose network may come back). A worker reads its BLPOP's reply
   until its socket times out, RQ's worker TTL less 5 s, so such a connection holds a job for
   `late_reply` s at most (420). A worker killed closes its connection: its job is back within about
   two minutes.
+A failover can leave the same: the new master got a job's pop, not the claim that followed on the
+old one. The worker that ran the job puts it back as soon as it is past the outage
+(workers/claims.py's RecentPops); this pass is the backstop.
 """
 
 from __future__ import annotations
@@ -32,38 +36,20 @@ from typing import Any, NamedTuple, cast
 from redis import Redis
 from redis.exceptions import ResponseError
 from rq.defaults import DEFAULT_WORKER_TTL
-from rq.executions import ExecutionRegistry
 from rq.intermediate_queue import IntermediateQueue
 from rq.job import JOB_ID_PATTERN, Job
 from rq.queue import Queue
-from rq.registry import (
-    CanceledJobRegistry,
-    DeferredJobRegistry,
-    FailedJobRegistry,
-    FinishedJobRegistry,
-    ReadyJobRegistry,
-    ScheduledJobRegistry,
-)
 from rq.utils import as_text, str_to_date
-from rq_scheduler import Scheduler
+
+import config.put_back
 
 logger = logging.getLogger(__name__)
 
 SEEN = "rqkit:orphans:seen"  # job id -> when a pass first found it queued on no list (Redis time)
 SEEN_TTL = 86400
-PUT_BACK_TTL = 600  # a job put back is not put back again for this long: once per loss
 PAGE = 1000
 BLOCKING_POPS = {"blpop", "brpop", "blmpop"}
 JOB_ID = re.compile(JOB_ID_PATTERN.pattern.encode())
-REGISTRIES = (
-    ScheduledJobRegistry,
-    DeferredJobRegistry,
-    ReadyJobRegistry,
-    FinishedJobRegistry,
-    FailedJobRegistry,
-    CanceledJobRegistry,
-)
-
 # Read in Redis, a page at a time, so that only the queued jobs' fields travel: redis-py parses an
 # HMGET reply in about 35 µs, Redis runs the HMGET in 2 (a pass over 100,000 keys: 3.7 s, now 1 s).
 QUEUED_OF = """
@@ -79,22 +65,6 @@ for _, key in ipairs(KEYS) do
   end
 end
 return found
-"""
-
-PUT_BACK = """
--- KEYS: 1 the job's hash, 2 its queue, 3 the queue's intermediate list, 4 the job's executions,
---       5 the job's put-back mark, 6 RQ's set of queues, 7.. the sorted sets that may hold the job
--- ARGV: 1 the job id, 2 the mark's TTL
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
-if redis.call('EXISTS', KEYS[4], KEYS[5]) > 0 then return 0 end
-if redis.call('LPOS', KEYS[2], ARGV[1]) or redis.call('LPOS', KEYS[3], ARGV[1]) then return 0 end
-for i = 7, #KEYS do
-  if redis.call('ZSCORE', KEYS[i], ARGV[1]) then return 0 end
-end
-redis.call('LPUSH', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[6], KEYS[2])
-redis.call('SET', KEYS[5], '1', 'EX', ARGV[2])
-return 1
 """
 
 
@@ -234,25 +204,13 @@ def may_still_arrive(
 
 def put_back(connection: Redis, sighting: Sighting, orphaned_for: float) -> bool:
     """Push the job to the front of its queue if it is still queued on no list and in no registry."""
-    job_id, origin = sighting.job_id, sighting.origin
-    queue = Queue.redis_queue_namespace_prefix + origin
-    keys = [
-        Job.key_for(job_id),
-        queue,
-        IntermediateQueue(queue, connection).key,
-        ExecutionRegistry(job_id, connection).key,
-        f"rqkit:orphans:put-back:{job_id}",
-        Queue.redis_queues_keys,
-        *(registry.key_template.format(origin) for registry in REGISTRIES),
-        Scheduler.scheduled_jobs_key,
-    ]
-    if not connection.register_script(PUT_BACK)(keys=keys, args=[job_id, PUT_BACK_TTL]):
+    if not config.put_back.put_back(connection, sighting.job_id, sighting.origin):
         return False
     logger.info(
         "Job %s: queued but on no queue for %.0f s at least (a blocking pop took it for a worker that "
         "never got it); put back at the front of %r",
-        job_id,
+        sighting.job_id,
         orphaned_for,
-        origin,
+        sighting.origin,
     )
     return True

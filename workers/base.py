@@ -42,6 +42,7 @@ from workers.claims import (
     WHERE_UNKNOWN,
     Claimed,
     Popped,
+    RecentPops,
     Success,
     as_mapping,
     idle_wait,
@@ -72,6 +73,7 @@ class FastWorker(Reporting):
         # process dies in that wait, no horse (or process a job left behind) holds the socket open,
         # which would make Redis hand the next job to a reader that is gone.
         self._waiting = separate_client(self.connection)
+        self._pops = RecentPops()
         self.rq_path_reason = rq_path_reason(self, FastWorker)
         if self.rq_path_reason:
             self.log.info("Worker %s: RQ's own path for every job: %s", self.name, self.rq_path_reason)
@@ -129,8 +131,11 @@ class FastWorker(Reporting):
         while True:
             try:
                 claimed, popped = self.claim(popped), None
-                if claimed == SUSPENDED:
-                    # RQ's check: it waits while suspended, or stops a burst (an outage in it: below)
+                if self._pops.after_outage:  # after the claim, which records a success held back
+                    with self.unless_away("jobs a failover lost are left to the orphan pass"):
+                        if self._pops.put_back_lost(self.connection, self.log) and not claimed:
+                            continue  # to claim them
+                if claimed == SUSPENDED:  # RQ's check: wait while suspended, or stop a burst
                     super().check_for_suspension(burst)
                     continue
                 if claimed or burst or self._stop_requested:
@@ -146,6 +151,7 @@ class FastWorker(Reporting):
                     return None
             except RedisError as exc:
                 popped = popped and popped._replace(where=WHERE_UNKNOWN)  # its claim may not have happened
+                self._pops.after_outage = True
                 if self.stops_in_outage(exc, outage):
                     return None
 
@@ -180,7 +186,7 @@ class FastWorker(Reporting):
                 got = Queue.lmove(self._waiting, keys[0], timeout)
                 return Popped(keys[0], got[1].decode(), WHERE_INTERMEDIATE)
             key, job_id = Queue.lpop(keys, timeout, connection=self._waiting)
-            return Popped(key.decode(), job_id.decode(), WHERE_NOWHERE)
+            return self._pops.note(Popped(key.decode(), job_id.decode(), WHERE_NOWHERE))
         except DequeueTimeout:
             return None
 
@@ -214,10 +220,8 @@ class FastWorker(Reporting):
         self.hand_over(claimed)
         job, queue = self.adopt(claimed)
         self.reorder_queues(reference_queue=queue)
-        if self.log_job_description:  # RQ's line, as it takes a job
-            self.job_line("Worker %s: %s: %s (%s)", self.name, queue.name, job.description, job.id)
-        else:
-            self.job_line("Worker %s: %s: %s", self.name, queue.name, job.id)
+        shown = f"{job.description} ({job.id})" if self.log_job_description else job.id
+        self.job_line("Worker %s: %s: %s", self.name, queue.name, shown)  # RQ's line, as it takes a job
         return job, queue
 
     def job_line(self, message: str, *args: Any) -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import deque
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from redis import Redis
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
+
+from config.put_back import put_back
 
 SUSPENDED = "suspended"
 CLAIM_SCRIPT = (Path(__file__).parent / "claim.lua").read_text()
@@ -35,6 +40,34 @@ class Popped(NamedTuple):
     queue_key: str
     job_id: str
     where: str
+
+
+class RecentPops:
+    """The last jobs the worker's blocking wait popped off several queues (BLPOP: on no list until
+    their claim). A failover can leave the new master with a job's pop and not the claim that followed
+    on the old one: queued on no list, which the orphan pass (jobs/orphans.py) finds in two minutes or
+    so. Once past an outage, the worker puts those jobs back at once (config/put_back.py checks each)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.pops: deque[Popped] = deque(maxlen=size)
+        self.after_outage = False
+
+    def note(self, popped: Popped) -> Popped:
+        self.pops.append(popped)
+        return popped
+
+    def put_back_lost(self, connection: Redis, log: logging.Logger) -> int:
+        """Put back the ones that are queued on no list now, in one round trip; how many."""
+        self.after_outage = False
+        prefix = len(Queue.redis_queue_namespace_prefix)
+        with connection.pipeline(transaction=False) as pipe:
+            for popped in self.pops:
+                put_back(connection, popped.job_id, popped.queue_key[prefix:], client=pipe)
+            replies = pipe.execute()
+        for popped, reply in zip(self.pops, replies, strict=True):
+            if reply:
+                log.warning("Job %s: popped before an outage, not claimed after it: put back", popped.job_id)
+        return sum(replies)
 
 
 def idle_wait(timeout: int, max_idle_time: int | None, idle_since: float) -> int:
