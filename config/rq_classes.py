@@ -9,12 +9,14 @@ toolkit's own worker engine (`workers/`) builds on `Worker`.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import rq
 import rq.job
 from rq.job import JobStatus
 from rq.serializers import DefaultSerializer, JSONSerializer
+from rq.utils import as_text, decode_redis_hash, str_to_date
 
 from config.settings import get_settings
 
@@ -27,6 +29,20 @@ UNFINISHED = (*NOT_STARTED, JobStatus.STARTED)
 ENDED = (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
 
 
+DATES = ("created_at", "enqueued_at", "started_at", "ended_at", "last_heartbeat")  # of a job's hash
+
+
+def read_date(value: bytes | str) -> datetime:
+    """RQ's str_to_date, fast for RQ's own format (which ends in Z: UTC)."""
+    text = as_text(value)
+    if text.endswith("Z"):
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            pass
+    return str_to_date(value)
+
+
 def configured_serializer() -> type[DefaultSerializer] | type[JSONSerializer]:
     """The serializer that the `serializer` setting names."""
     return JSONSerializer if get_settings().serializer == "json" else DefaultSerializer
@@ -37,6 +53,16 @@ class Job(rq.job.Job):
 
     def __init__(self, id: str | None = None, connection: Any = None, serializer: Any = None) -> None:
         super().__init__(id, connection=connection, serializer=serializer or configured_serializer())
+
+    def restore(self, raw_data: Any) -> Any:
+        """RQ's, with RQ's dates read by datetime.fromisoformat: RQ's strptime costs some 6 us a date, and
+        a job has four or five (a tenth of what a no-op job costs a fast worker)."""
+        fields = decode_redis_hash(raw_data)
+        dates = {name: fields.pop(name) for name in DATES if fields.get(name)}
+        restored = super().restore(fields)
+        for name, value in dates.items():
+            setattr(self, name, read_date(value))
+        return restored
 
 
 class Queue(rq.Queue):
