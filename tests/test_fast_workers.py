@@ -16,7 +16,7 @@ from rq import Callback, Queue, Retry, SimpleWorker
 from rq.command import send_stop_job_command
 from rq.job import Job, JobStatus
 
-from config import get_settings
+from config import get_settings, rq_classes
 from launcher.children import descendants
 from launcher.dashboard import create_app
 from tests import compat_jobs
@@ -383,3 +383,20 @@ def test_a_worker_stops_listening_at_once_when_its_listener_reads_the_unsubscrib
     worker.pubsub_thread.join(timeout=1)
     worker.pubsub.close()
     assert time.monotonic() - started < 30
+
+
+def test_the_toolkits_job_reads_every_date_as_rq_does(connection: Redis) -> None:
+    """Job.restore reads RQ's dates with datetime.fromisoformat: the same values, in RQ's format, RQ's
+    older one without microseconds, and a value RQ can't read either."""
+    job = Queue("default", connection=connection).enqueue(compat_jobs.add, 1, 1)
+    stamps = {"started_at": "2026-12-05T00:24:43.000001Z", "ended_at": "2026-12-05T00:24:44Z"}
+    connection.hset(job.key, mapping={**stamps, "last_heartbeat": "2026-12-05T00:24:45.5Z"})
+    ours, rqs = rq_classes.Job.fetch(job.id, connection), Job.fetch(job.id, connection)
+    dates = ("created_at", "enqueued_at", "started_at", "ended_at", "last_heartbeat")
+    assert [getattr(ours, name) for name in dates] == [getattr(rqs, name) for name in dates]
+    assert all(getattr(ours, name).tzinfo == getattr(rqs, name).tzinfo for name in dates)
+    connection.hset(job.key, "ended_at", "2026-12-05Z")
+    with pytest.raises(ValueError):
+        Job.fetch(job.id, connection)
+    with pytest.raises(ValueError):
+        rq_classes.Job.fetch(job.id, connection)
