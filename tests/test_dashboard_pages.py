@@ -138,11 +138,17 @@ class Browser:
         return str(self.page.locator("body").inner_text())
 
     def click(self, row: str, button: str, said: str) -> str:
-        """Click `button` in the first row matching `row`; wait for the notice that says `said`."""
+        """Click `button` in the first row matching `row` once the page is still (no action or refresh in
+        flight: rows may move); wait for the notice that says `said`, and the refresh after it."""
+        self.settled()
         self.page.locator(row).first.get_by_role("button", name=button).click()
         notice = self.page.locator("#notice", has_text=said)
         notice.wait_for()
+        self.settled()
         return str(notice.inner_text())
+
+    def settled(self) -> None:
+        self.page.locator("body:not([data-busy])").wait_for(state="attached")
 
     def clean(self) -> None:
         assert self.page.evaluate("window.__pwned") == [], self.page.url

@@ -25,6 +25,18 @@
     return Math.round(seconds / 86400) + " days";
   }
 
+  // While an action or a refresh is in flight, <body data-busy>: the timed refresh waits its turn (two
+  // never overlap), and a test knows when the rows are where they will stay.
+  var inFlight = 0;
+  function busy(promise) {
+    inFlight += 1;
+    document.body.dataset.busy = "";
+    return promise.finally(function () {
+      inFlight -= 1;
+      if (!inFlight) delete document.body.dataset.busy;
+    });
+  }
+
   // Actions: a button with data-post (and data-field-NAME values to send) asks, then POSTs.
   document.addEventListener("click", function (event) {
     var button = event.target.closest("button[data-post]");
@@ -34,7 +46,7 @@
       if (key.indexOf("field") === 0 && key.length > 5) form.append(key.slice(5).toLowerCase(), button.dataset[key]);
     });
     button.disabled = true;
-    fetch(button.dataset.post, { method: "POST", body: form, credentials: "same-origin" })
+    busy(fetch(button.dataset.post, { method: "POST", body: form, credentials: "same-origin" })
       .then(function (response) {
         var plain = (response.headers.get("Content-Type") || "").indexOf("text/plain") === 0;
         return response.text().then(function (text) {
@@ -42,7 +54,7 @@
         });
       })
       .catch(function (error) { say(String(error), false); })
-      .then(function () { button.disabled = false; refresh(); });
+      .then(function () { button.disabled = false; return refresh(); }));
   });
 
   // Tags: the search box goes to ?tag=... (the CSP allows no form submission).
@@ -165,13 +177,15 @@
     });
   }
 
-  function refresh() { return (overview ? load() : reload()).catch(function (error) { say("Refresh failed: " + error.message, false); }); }
+  function refresh() {
+    return busy((overview ? load() : reload()).catch(function (error) { say("Refresh failed: " + error.message, false); }));
+  }
   if (overview) refresh();
 
   function tick() {
     var wait = overview ? poll : Math.max(poll, 10000);
     window.setTimeout(function () {
-      (autorefresh && !autorefresh.checked ? Promise.resolve() : refresh()).then(tick);
+      (inFlight || (autorefresh && !autorefresh.checked) ? Promise.resolve() : refresh()).then(tick);
     }, wait);
   }
   tick();
