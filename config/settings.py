@@ -34,6 +34,9 @@ class Settings:
     var_dir: Path = PROJECT_ROOT / "var"
     queues: tuple[str, ...] = ("images", "email", "api", "maintenance", "default")
     workers: int = 2
+    # Jobs a ForkingWorker's horse runs before a fresh one (1: a horse per job); MB it may grow before that
+    horse_jobs: int = 1
+    horse_growth_mb: int = 256
     scheduler_interval: float = 5.0
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 9181
@@ -234,12 +237,8 @@ def read_config_file(env: Mapping[str, str]) -> dict[str, Any]:
             raise ConfigError(f"{key} in {path}: unknown setting (known: {', '.join(sorted(FIELDS))})")
     urls = {"redis_url": data.get("redis_url"), "database_url": data.get("database_url")}
     stores = data.get("session_stores")
-    if isinstance(stores, dict):
-        urls |= {
-            f"session_stores.{name}.url": store.get("url")
-            for name, store in stores.items()
-            if isinstance(store, dict)
-        }
+    stores = stores if isinstance(stores, dict) else {}
+    urls |= {f"session_stores.{n}.url": s.get("url") for n, s in stores.items() if isinstance(s, dict)}
     for name, url in urls.items():
         if isinstance(url, str) and has_credentials(url):
             raise ConfigError(
@@ -300,6 +299,8 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"RQKIT_QUEUES: bad queue name {queue!r} (letters, digits, - and _ only)")
     checks = [
         ("workers", settings.workers >= 1, "at least 1"),
+        ("horse_jobs", settings.horse_jobs >= 1, "at least 1"),
+        ("horse_growth_mb", settings.horse_growth_mb >= 1, "at least 1"),
         ("dashboard_proxies", 0 <= settings.dashboard_proxies <= 5, "a count of proxies from 0 to 5"),
         (
             "job_functions",

@@ -80,3 +80,12 @@ def wait_for_a_command(seconds: float) -> float:
     job.connection.incr(f"compat:running:{job.id}")
     time.sleep(seconds)
     return seconds
+
+
+KEPT: list[bytearray] = []
+
+
+def hold(megabytes: int) -> int:
+    """Keep `megabytes` of memory for the rest of the process's life (a leak); the process's pid."""
+    KEPT.append(bytearray(b"x" * (megabytes << 20)))
+    return os.getpid()
