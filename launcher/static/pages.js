@@ -37,10 +37,21 @@
     });
   }
 
+  // A refresh puts what it fetched in place only if the page is as it began: no action begun since (it
+  // would bring back the rows from before the action) and no pointer pressed (the press's element would
+  // go, and its click with it). A skipped refresh is made good by the next one.
+  var actions = 0;
+  var pressed = false;
+  document.addEventListener("pointerdown", function () { pressed = true; }, true);
+  ["pointerup", "pointercancel"].forEach(function (type) {
+    document.addEventListener(type, function () { pressed = false; }, true);
+  });
+
   // Actions: a button with data-post (and data-field-NAME values to send) asks, then POSTs.
   document.addEventListener("click", function (event) {
     var button = event.target.closest("button[data-post]");
     if (!button || !window.confirm(button.dataset.confirm)) return;
+    actions += 1;
     var form = new URLSearchParams();
     Object.keys(button.dataset).forEach(function (key) {
       if (key.indexOf("field") === 0 && key.length > 5) form.append(key.slice(5).toLowerCase(), button.dataset[key]);
@@ -65,16 +76,18 @@
     tag.addEventListener("keydown", function (event) { if (event.key === "Enter") search(); });
   }
 
-  // Every other page: its server-rendered part fetched again and put in place (a list of tags isn't).
-  function reload() {
+  // Every other page: its server-rendered part fetched again and put in place if it changed (a list of
+  // tags isn't refreshed).
+  function reload(still) {
     if (!document.getElementById("page").hasAttribute("data-refresh")) return Promise.resolve();
     if (document.activeElement && document.activeElement.tagName === "INPUT") return Promise.resolve();
     return fetch(window.location.href, { credentials: "same-origin" })
       .then(function (response) { if (!response.ok) throw new Error(response.status); return response.text(); })
       .then(function (html) {
         var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("page");
-        var nodes = fresh ? Array.from(fresh.childNodes, function (node) { return document.importNode(node, true); }) : null;
-        if (nodes) document.getElementById("page").replaceChildren(...nodes);
+        var shown = document.getElementById("page");
+        if (!fresh || !still() || fresh.innerHTML === shown.innerHTML) return;
+        shown.replaceChildren(...Array.from(fresh.childNodes, function (node) { return document.importNode(node, true); }));
       });
   }
 
@@ -161,10 +174,10 @@
     body.replaceChildren(...data.queues.map(queueRow));
   }
 
-  function load() {
+  function load(still) {
     return fetch(overview.dataset.overview, { credentials: "same-origin" })
       .then(function (response) { if (!response.ok) throw new Error("overview.json: " + response.status); return response.json(); })
-      .then(show);
+      .then(function (data) { if (still()) show(data); });
   }
 
   if (overview) {
@@ -178,7 +191,9 @@
   }
 
   function refresh() {
-    return busy((overview ? load() : reload()).catch(function (error) { say("Refresh failed: " + error.message, false); }));
+    var begun = actions;
+    function still() { return begun === actions && !pressed; }
+    return busy((overview ? load(still) : reload(still)).catch(function (error) { say("Refresh failed: " + error.message, false); }));
   }
   if (overview) refresh();
 
