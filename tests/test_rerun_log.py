@@ -33,6 +33,8 @@ def test_a_job_rerun_after_its_horse_died_is_logged_as_retried_then_ok(
     os.kill(horse, signal.SIGKILL)
 
     assert wait_for(job, timeout=30).status == "finished"
+    ok = f"default: Job OK ({job.id})"  # logged just after the script that marks it finished returns
+    wait_until(lambda: ok in log.read_text(), 10, "the worker's line for it")
     lines = [line for line in log.read_text().splitlines() if job.id in line]
     retry_line = f"Job {job.id}: enqueued for retry, 0 remaining"  # RQ's own
     cut_short = next(i for i, line in enumerate(lines) if "Work-horse terminated unexpectedly" in line)

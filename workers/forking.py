@@ -196,7 +196,11 @@ class ForkingWorker(FastWorker):
         try:
             if spare:
                 self.rehearse()
-            while len(size := read_exactly(jobs, HEADER)) == HEADER:
+            # At most horse_jobs, then exit without waiting for the pipe's end: a process forked while
+            # the worker held the pipe (RQ's scheduler, restarted after an outage) keeps it open.
+            for _ in range(get_settings().horse_jobs):
+                if len(size := read_exactly(jobs, HEADER)) < HEADER:
+                    break
                 self.executions.clear()
                 job, queue = self.adopt(pickle.loads(read_exactly(jobs, int.from_bytes(size, "big"))))
                 os.environ["RQ_WORKER_ID"], os.environ["RQ_JOB_ID"] = self.name, job.id
