@@ -483,14 +483,14 @@ def rq_systems(work: Path) -> list[System]:
     simple = [*plain, "-w", "rq.worker.SimpleWorker"]
     toolkit = [py, "-m", "rq.cli", *WORKER_ARGS, "-S", get_settings().serializer, "-n", WORKER_NAME]
     in_process = [part.replace("ForkingWorker", "InProcessWorker") for part in toolkit]
-    batch = ["env", f"RQKIT_HORSE_JOBS={BATCH_HORSE}", *toolkit]
+    batch = ["env", f"RQKIT_HORSE_JOBS={BATCH_HORSE}", *(p.replace("Forking", "Batch") for p in toolkit)]
     bare = [py, str(work / "bare_worker.py")]
     version = rq.__version__
     rq_rows = [
         ("rq-simple", f"RQ {version} SimpleWorker", simple, False),
         ("rq-fork", f"RQ {version} Worker (fork per job)", plain, True),
         ("toolkit", "toolkit ForkingWorker (as up runs it)", toolkit, True),
-        ("toolkit-batch", f"toolkit ForkingWorker, a horse per {BATCH_HORSE} jobs", batch, False),
+        ("toolkit-batch", f"toolkit BatchWorker, a horse per {BATCH_HORSE} jobs", batch, False),
         ("toolkit-inproc", "toolkit InProcessWorker", in_process, False),
     ]
     return [System("bare", "bare redis-py: BRPOP, json.loads, call", "", py, "bare", bare, bare)] + [

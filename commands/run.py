@@ -24,7 +24,11 @@ from ops import metrics as metrics_server
 
 
 @click.command()
-@click.option("--workers", type=click.IntRange(min=0), help="Worker processes (default: RQKIT_WORKERS, 2).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    help="Worker processes per worker mode in use (RQKIT_WORKER_MODES; default: RQKIT_WORKERS, 2).",
+)
 @click.option(
     "--scheduler/--no-scheduler", default=True, help="Run rq-scheduler (`python -m scheduler`; default: yes)."
 )

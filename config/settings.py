@@ -18,6 +18,7 @@ from config.sentinel import check_redis_url
 from config.storage import Location, S3Location, check_endpoint, is_s3, parse_s3
 from config.tables import to_tables
 from config.urls import has_credentials
+from config.worker_modes import check_worker_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config" / "settings.toml"
@@ -34,8 +35,8 @@ class Settings:
     var_dir: Path = PROJECT_ROOT / "var"
     queues: tuple[str, ...] = ("images", "email", "api", "maintenance", "default")
     workers: int = 2
-    # Jobs a ForkingWorker's horse runs before a fresh one (1: a horse per job); MB it may grow before that
-    horse_jobs: int = 1
+    worker_modes: tuple[str, ...] = ()  # queue=mode for up's workers: fork, batch, in-process (README)
+    horse_jobs: int = 100  # a BatchWorker's horse's jobs; MB it may grow since its first (then a fresh one)
     horse_growth_mb: int = 256
     scheduler_interval: float = 5.0
     dashboard_host: str = "127.0.0.1"
@@ -297,10 +298,9 @@ def validate(settings: Settings) -> None:
     for queue in settings.queues:
         if not QUEUE_NAME.match(queue):
             raise ConfigError(f"RQKIT_QUEUES: bad queue name {queue!r} (letters, digits, - and _ only)")
+    check_worker_settings(settings)
     checks = [
         ("workers", settings.workers >= 1, "at least 1"),
-        ("horse_jobs", settings.horse_jobs >= 1, "at least 1"),
-        ("horse_growth_mb", settings.horse_growth_mb >= 1, "at least 1"),
         ("dashboard_proxies", 0 <= settings.dashboard_proxies <= 5, "a count of proxies from 0 to 5"),
         (
             "job_functions",

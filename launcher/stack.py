@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from config import Settings, ToolkitError, redacted_url, redis_client
 from config.connection import answers
 from config.sentinel import is_sentinel_url
+from config.worker_modes import worker_groups
 from launcher.children import FIRST_DELAY, LONGEST_DELAY, Child, Restarts, kill_tree
 from launcher.dashboard import check_address as check_dashboard_address
 from launcher.dead_workers import release_jobs
@@ -161,11 +162,21 @@ class Stack:
         self.redis_restarts.started(time.monotonic())
         self.say("redis", f"embedded redis-server on {url}, data in {self.redis.data_dir}")
 
+    def worker_args(self) -> list[tuple[str, ...]]:
+        """`rq worker`'s arguments for each group of queues of one mode (worker_modes): WORKER_ARGS with
+        the group's worker class, then its queues (none if it has them all: config.rq names them)."""
+        return [
+            tuple(worker_class if arg == WORKER_ARGS[5] else arg for arg in WORKER_ARGS)
+            + (("-S", self.settings.serializer) + (queues if queues != self.settings.queues else ()))
+            for worker_class, queues in worker_groups(self.settings)
+        ]
+
     def commands(self) -> list[Child]:
         python = sys.executable
+        numbered = enumerate((args for args in self.worker_args() for _ in range(self.workers)), 1)
         workers = [
-            Child(f"worker-{i}", partial(self.worker_command, f"worker-{i}"), worker=True)
-            for i in range(1, self.workers + 1)
+            Child(f"worker-{i}", partial(self.worker_command, f"worker-{i}", args), worker=True)
+            for i, args in numbered
         ]
         interval = str(self.settings.scheduler_interval)
         scheduler = Child("scheduler", lambda _: [python, "-m", "scheduler", "-i", interval])
@@ -175,9 +186,9 @@ class Stack:
         parts = [(scheduler, self.with_scheduler), (dashboard, self.with_dashboard), (mail, self.with_mail)]
         return workers + [child for child, wanted in parts if wanted]
 
-    def worker_command(self, child: str, start: int) -> list[str]:
+    def worker_command(self, child: str, args: tuple[str, ...], start: int) -> list[str]:
         name = worker_name(child, start)
-        return [sys.executable, "-m", "rq.cli", *WORKER_ARGS, "-S", self.settings.serializer, "-n", name]
+        return [sys.executable, "-m", "rq.cli", *args, "-n", name]
 
     def child_env(self) -> dict[str, str]:
         url = self.settings.redis_url
@@ -210,10 +221,9 @@ class Stack:
     def print_summary(self) -> None:
         s = self.settings
         self.say("up", f"redis      {redacted_url(s.redis_url)}")
-        if self.workers:
-            queues = ", ".join(s.queues)
-            command = " ".join(("rq", *WORKER_ARGS, "-S", s.serializer))
-            self.say("up", f"workers    {self.workers} x {command} ({queues})")
+        for args in self.worker_args() if self.workers else []:
+            queues = f" ({', '.join(s.queues)})" if args[-2:] == ("-S", s.serializer) else ""
+            self.say("up", f"workers    {self.workers} x {' '.join(('rq', *args))}{queues}")
         if self.with_scheduler:
             self.say(
                 "up",

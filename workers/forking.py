@@ -1,8 +1,9 @@
-"""`ForkingWorker`: each job in a work-horse forked for it, as RQ's Worker (or for up to `horse_jobs` jobs in
-a row), with the next horse forked while idle."""
+"""`ForkingWorker`: each job in a work-horse forked for it, as RQ's Worker, with the next horse forked while
+idle (and the engine of `BatchWorker`, workers/batch.py, whose horse runs several)."""
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib
 import logging
@@ -12,17 +13,19 @@ import select
 import signal
 import sys
 import time
+from collections import Counter
 from contextlib import suppress
+from datetime import datetime
 from typing import Any, NamedTuple
 
+import redis.utils
 from redis.exceptions import RedisError
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 
+from config import history
 from config.outage import OutageRetry, is_outage
-from config.settings import get_settings
-from config.worker_fields import resident_kb
 from workers.base import FastWorker
 from workers.claims import Claimed, Success
 
@@ -36,23 +39,29 @@ class Horse(NamedTuple):
     read the outcome back."""
 
     pid: int
-    jobs: int
+    jobs: int  # -1: closed, it exits after its job
     reports: int
-    runs: int = 0  # jobs handed to it so far
-    start_kb: int | None = None  # its resident memory as its first job began
+    runs: int = 0  # jobs it ran so far
+
+
+class Report(NamedTuple):
+    """What a horse sends back once it has run the job handed to it (and those it claimed after it)."""
+
+    ran: int  # jobs
+    spent: bool  # to be replaced: it grew past horse_growth_mb, or a job timed out in it
+    success: tuple[datetime | None, list[Any], str] | None  # the last job's plain one: end, result, function
+    claimed: Claimed | None  # that job, if the horse claimed it (None: the one handed to it)
+    counts: Counter[tuple[int, str]]  # runs it recorded and did not send (config/history.py's Tally)
 
 
 class ForkingWorker(FastWorker):
     """Runs each job in a fresh work-horse forked for it (a crash, a leak or a memory cap stays in
     there), monitored as RQ's Worker does: heartbeats, the kill after time-out + 60 s, stop commands.
     While idle it keeps the next horse forked and waiting, so a job starts without waiting for a fork.
-    A horse sends a plain success back through a pipe, and the worker records it.
+    A horse sends a plain success back through a pipe, and the worker records it."""
 
-    With `horse_jobs` N > 1, a horse runs up to N jobs one after the other, and is replaced after the
-    Nth, once it has grown `horse_growth_mb` since its first, or when it dies (which fails only the job
-    it was running): the fork's cost is paid once per N jobs, and what one job leaves behind (a leak, a
-    global changed) reaches at most the N - 1 after it."""
-
+    horse_jobs = 1  # jobs a horse runs before a fresh one takes over
+    one_by_one = False  # a horse runs only the jobs handed to it, claiming none itself
     _spare: Horse | None = None
     _rehearsal: Claimed | None = None
     _horse: Horse
@@ -61,6 +70,13 @@ class ForkingWorker(FastWorker):
     _horse_status: int | None = None
     _beats: OutageRetry | None = None  # the back-off of a job's heartbeats while Redis is away
     _kept: Horse | None = None  # the horse that ran the last job, alive, to run the next one
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # redis-py reads its own version from the package's files for each connection it opens (0.3 ms,
+        # some 3 ms in a fresh horse): once, here, for the connections of every horse and its jobs.
+        if not hasattr(redis.utils.get_lib_version, "cache_info"):
+            redis.utils.get_lib_version = functools.cache(redis.utils.get_lib_version)
 
     def execute_as_rq(self, job: Job, queue: Queue) -> None:
         """RQ's Worker.execute_job (the class past FastWorker): a horse forked for the job, running RQ's
@@ -79,21 +95,16 @@ class ForkingWorker(FastWorker):
             self._spare = self.fork_horse(spare=True)
             self.rehearse()
 
-    def grown(self, horse: Horse) -> bool:
-        """Whether a horse that ran jobs has grown `horse_growth_mb` since its first."""
-        now_kb = resident_kb(horse.pid)
-        return bool(
-            horse.start_kb and now_kb and now_kb - horse.start_kb > get_settings().horse_growth_mb * 1024
-        )
-
-    def counted(self, horse: Horse) -> Horse:
-        """The horse with the job just handed to it counted; the pipe that brings it jobs closed if that
-        was its Nth (it exits after the job)."""
-        runs, limit = horse.runs + 1, get_settings().horse_jobs
-        if runs >= limit:
-            os.close(horse.jobs)
-            return horse._replace(runs=runs, jobs=-1)
-        return horse._replace(runs=runs, start_kb=horse.start_kb or resident_kb(horse.pid))
+    def send(self, horse: Horse, claimed: Claimed) -> Horse:
+        """Hand the job to the horse, with how many more it may claim after it; the pipe that brings it
+        jobs closed if that is its last (it exits after the job)."""
+        left = self.horse_jobs - horse.runs
+        message = pickle.dumps((claimed, left, self.one_by_one))
+        write_all(horse.jobs, len(message).to_bytes(HEADER, "big") + message)
+        if left > 1:
+            return horse
+        os.close(horse.jobs)
+        return horse._replace(jobs=-1)
 
     def rehearse(self) -> None:
         """Go through the start of a job (the last one) without running it. After a fork, the first
@@ -109,19 +120,12 @@ class ForkingWorker(FastWorker):
         """Send the job to the waiting horse at once (or to one forked now)."""
         self._rehearsal = claimed
         spare, self._spare = self._spare, None
-        if spare and spare.runs and self.grown(spare):  # replaced before its next job
-            self.discard(spare)
-            spare = None
         horse = spare or self.fork_horse(spare=False)
-        message = pickle.dumps(claimed)
-        message = len(message).to_bytes(HEADER, "big") + message
         try:
-            write_all(horse.jobs, message)
+            horse = self.send(horse, claimed)
         except BrokenPipeError:  # the waiting horse died (killed by hand?): fork one for this job
             self.discard(horse)
-            horse, spare = self.fork_horse(spare=False), None
-            write_all(horse.jobs, message)
-        horse = self.counted(horse)
+            horse, spare = self.send(self.fork_horse(spare=False), claimed), None
         self._horse, self._horse_pid = horse, horse.pid
         if spare is not None:
             # Let it start the job before this process goes on with its side: on a busy CPU that is
@@ -133,21 +137,44 @@ class ForkingWorker(FastWorker):
         self.procline(f"Horse {horse.pid} running {job.id} since {time.time()}")
         self._horse_exit = os.pidfd_open(horse.pid)
         try:
-            self.monitor_work_horse(job, queue, execution)
+            self.monitor_work_horse(*self.watch(job, queue, execution))
         finally:
             os.close(self._horse_exit)
             if self._kept is None:
                 os.close(horse.reports)
-        self._spare, self._kept = self._kept or self._spare, None
-        report, self._report = self._report, None
-        if len(report) <= HEADER or self._horse_status != os.EX_OK:
+        report = self.take_report()
+        if report is None or report.success is None:
             return None
-        job.ended_at, fields, func_name = pickle.loads(report[HEADER:])
+        if report.claimed:  # the horse's last job was one it claimed: the one handed to it is done
+            self.executions.pop(execution.id, None)
+            job, queue = self.adopt(report.claimed)
+            execution = self.executions[report.claimed.execution_id]
+        job.ended_at, fields, func_name = report.success
         module = func_name.rpartition(".")[0]
         if module not in sys.modules:
             with suppress(Exception):  # import it here, once, for every later horse
                 importlib.import_module(module)
         return Success(job, queue, execution, fields)
+
+    def watch(self, job: Job, queue: Queue, execution: Execution) -> tuple[Job, Queue, Execution]:
+        """The job to monitor as RQ does (here: the one handed over)."""
+        return job, queue, execution
+
+    def take_report(self) -> Report | None:
+        """The horse's report (None if it died first), the runs it counted added to this worker's; the
+        horse kept for the next job, unless it ran its last or is spent."""
+        raw, self._report = self._report or b"", None
+        report = pickle.loads(raw[HEADER:]) if len(raw) > HEADER and self._horse_status == os.EX_OK else None
+        kept, self._kept = self._kept, None
+        if kept and report:
+            kept = kept._replace(runs=kept.runs + report.ran)
+            if report.spent or kept.runs >= self.horse_jobs:
+                self.discard(kept)
+                kept = None
+        self._spare = kept or self._spare
+        if report:
+            self._tally.counts.update(report.counts)
+        return report
 
     def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
         """RQ's, while the horse runs; Redis away, the horse runs on, and each failed heartbeat is one line
@@ -187,37 +214,57 @@ class ForkingWorker(FastWorker):
         return horse
 
     def main_work_horse_on(self, jobs: int, reports: int, spare: bool) -> None:
-        """The horse: wait for a job, run it, report (a plain success to the worker to record; anything
-        else it handles as RQ), and wait for the next, until the worker closes the pipe (its last job,
-        or the worker stopped or died)."""
+        """The horse: wait for a job, run it (and those it may claim after it), report (a plain success
+        to the worker to record; anything else it handles as RQ), and wait for the next, until it ran
+        its `horse_jobs` or the worker closes the pipe (it stopped or died)."""
         gc.freeze()  # a collection now leaves the pages shared with the worker alone
         self.setup_work_horse_signals()
         self._is_horse = True
+        self._tally = history.Tally()  # the runs the worker counted are the worker's to send
         try:
             if spare:
                 self.rehearse()
-            # At most horse_jobs, then exit without waiting for the pipe's end: a process forked while
-            # the worker held the pipe (RQ's scheduler, restarted after an outage) keeps it open.
-            for _ in range(get_settings().horse_jobs):
-                if len(size := read_exactly(jobs, HEADER)) < HEADER:
-                    break
+            while len(size := read_exactly(jobs, HEADER)) == HEADER:
+                claimed, left, one_by_one = pickle.loads(read_exactly(jobs, int.from_bytes(size, "big")))
                 self.executions.clear()
-                job, queue = self.adopt(pickle.loads(read_exactly(jobs, int.from_bytes(size, "big"))))
-                os.environ["RQ_WORKER_ID"], os.environ["RQ_JOB_ID"] = self.name, job.id
                 if spare:
                     os.write(reports, STARTED)
                 spare = True  # a next job comes to it waiting, as to a spare
-                success = self.run(job, queue, next(iter(self.executions.values())))
-                report = pickle.dumps((job.ended_at, success.fields, job.func_name)) if success else b""
+                done = self.run_handed(claimed, 0 if one_by_one else left - 1)
+                report = pickle.dumps(done)
                 try:
                     write_all(reports, len(report).to_bytes(HEADER, "big") + report)
                 except BrokenPipeError:  # the worker died: record the success from here, as RQ's horse
-                    self._unrecorded = success
                     self.record()
                     break
+                self._unrecorded = None  # the worker records it, and sends the runs
+                self._tally.sent()
+                if done.ran >= left:  # its last: exit now, for a process forked while the worker held the
+                    break  # pipe (RQ's scheduler, restarted after an outage) keeps it open: its end never comes
         except BaseException:
             os._exit(1)
         os._exit(0)
+
+    def run_handed(self, claimed: Claimed, more: int) -> Report:
+        """In the horse: run the job handed over; its plain success left to report."""
+        job, queue = self.adopt(claimed)
+        self._unrecorded = self.run_one(job, queue, claimed)
+        return self.report(1, False, None)
+
+    def run_one(self, job: Job, queue: Queue, claimed: Claimed) -> Success | None:
+        """In the horse: one job, as RQ's horse runs it."""
+        os.environ["RQ_WORKER_ID"], os.environ["RQ_JOB_ID"] = self.name, job.id
+        execution = self.executions[claimed.execution_id]
+        success = self.run(job, queue, execution)
+        if success is None:
+            self.executions.pop(execution.id, None)
+        return success
+
+    def report(self, ran: int, spent: bool, claimed: Claimed | None) -> Report:
+        """The horse's report after `ran` jobs: its unrecorded success, and its runs not sent."""
+        success = self._unrecorded
+        done = (success.job.ended_at, success.fields, success.job.func_name or "") if success else None
+        return Report(ran, spent, done, claimed if success else None, self._tally.counts)
 
     def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
         """Read the horse's report until it ends or the horse exits (a process the job started may
