@@ -707,6 +707,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per run (a quarter for forking workers)")
     parser.add_argument("--samples", type=int, default=200, help="latency samples (a quarter for arq)")
     parser.add_argument("--rounds", type=int, default=5, help="throughput rounds; the median is shown")
+    parser.add_argument("--only", help="systems to run, by key (like rq-fork,toolkit); all if not given")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -714,6 +715,8 @@ def main() -> None:
         with private_redis(work) as (server, pinned):
             bench = Bench(work, server.url)
             everything = rq_systems(work) + peers
+            if options.only:
+                everything = [system for system in everything if system.key in options.only.split(",")]
             results = measure(bench, everything, options.jobs, options.samples, options.rounds)
             print(f"\n{machine(bench.connection, peer_versions)}; {pinned}")
     print_tables(everything, results)

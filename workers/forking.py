@@ -239,8 +239,10 @@ class ForkingWorker(FastWorker):
                     break
                 self._unrecorded = None  # the worker records it, and sends the runs
                 self._tally.sent()
-                if done.ran >= left:  # its last: exit now, for a process forked while the worker held the
-                    break  # pipe (RQ's scheduler, restarted after an outage) keeps it open: its end never comes
+                # Its last: exit now, not at the pipe's end, which never comes if a process forked while
+                # the worker held the pipe (RQ's scheduler, restarted after an outage) keeps it open.
+                if done.ran >= left:
+                    break
         except BaseException:
             os._exit(1)
         os._exit(0)
