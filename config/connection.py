@@ -67,6 +67,15 @@ def separate_client(client: Redis) -> Redis:
     return Redis(connection_pool=type(pool)(pool.connection_class, **pool.connection_kwargs))
 
 
+def close_inherited(client: Redis) -> None:
+    """In a forked child: close the sockets of `client`'s connections, which it inherited; the parent's
+    stay open (redis-py shuts a socket down only in the process that opened it, and here just closes
+    this process's copy)."""
+    pool = client.connection_pool
+    for connection in [*pool._available_connections, *pool._in_use_connections]:
+        connection.disconnect()
+
+
 def reconnect(client: Redis) -> None:
     """Drop the client's idle connections, so that the next command connects afresh: for a
     redis+sentinel URL, to the master the sentinels name now (a master that a failover left behind

@@ -249,6 +249,9 @@ def test_a_process_the_job_leaves_behind_does_not_hold_up_the_forking_worker(
     worker = processes("-m", "rq.cli", "worker", "-u", url, "-w", "workers.ForkingWorker", "default")
     wait_until(lambda: live_workers(connection), what="the worker registers")
     queue = Queue("default", connection=connection)
+    # A first job, so that the next one runs in a horse forked after the worker's wait had connected.
+    first = queue.enqueue(compat_jobs.add, 1, 1)
+    wait_until(lambda: first.get_status(refresh=True) == JobStatus.FINISHED, what="a first job")
     job = queue.enqueue(compat_jobs.leave_a_child, 10)
     wait_until(
         lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 5, "the job, before its child ends"

@@ -25,6 +25,7 @@ from rq.job import Job
 from rq.queue import Queue
 
 from config import history
+from config.connection import close_inherited
 from config.outage import OutageRetry, is_outage
 from workers.base import FastWorker
 from workers.claims import Claimed, Success
@@ -194,7 +195,6 @@ class ForkingWorker(FastWorker):
     def fork_horse(self, spare: bool) -> Horse:
         """A horse waiting for its job; a spare one (forked while idle) rehearses, and says when it
         starts the job."""
-        self._waiting.connection_pool.disconnect()
         jobs_read, jobs_write = os.pipe()
         reports_read, reports_write = os.pipe()
         # A stop asked for while the fork runs would be raised inside the fork's own hooks, where
@@ -202,6 +202,9 @@ class ForkingWorker(FastWorker):
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
         pid = os.fork()
         if pid == 0:
+            # The wait's socket is the worker's: a process the job leaves behind must not hold it open
+            # once the worker is gone (Redis would hand the next job to that wait: lost).
+            close_inherited(self._waiting)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.setpgrp()
             os.close(jobs_write)
