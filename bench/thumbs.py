@@ -139,16 +139,18 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 def through_workers(
-    paths: list[Path], places: Places, workers: int, connection: Redis
-) -> tuple[float, float]:
-    """(c) Enqueue everything, then `rq worker --burst` processes until done: seconds, and peak RSS in MB
-    of a worker with its work-horses (measured by a small parent, so that ours does not count)."""
+    paths: list[Path], places: Places, workers: int, connection: Redis, worker_class: str = "rq.Worker"
+) -> tuple[float, float, float]:
+    """(c) Enqueue everything, then `rq worker --burst` (of `worker_class`) processes until done: the
+    seconds from the first job's start to the last one's end (RQ's own stamps: a worker's start-up left
+    out, as in peers.py), the seconds from the processes' start, and peak RSS in MB of a worker with its
+    work-horses (measured by a small parent, so that ours does not count)."""
     shutil.rmtree(local(places.thumbs_root), ignore_errors=True)
     connection.flushdb()
     kwargs = {"sizes": list(SIZES), "format": "jpeg"}
     jobs, refused = submit_many("thumbnail", [(relative(p, places),) for p in paths], kwargs)
     assert not refused, refused
-    worker = ["-m", "rq.cli", "worker", "-c", "config.rq", "--burst", "--quiet", "images"]
+    worker = ["-m", "rq.cli", "worker", "-c", "config.rq", "-w", worker_class, "--burst", "--quiet", "images"]
     command = [sys.executable, "-c", RSS_WRAPPER, sys.executable, *worker]
     start = time.perf_counter()
     running = [
@@ -160,7 +162,10 @@ def through_workers(
     assert all(o.status == "finished" for o in outcomes), [
         o.reason for o in outcomes if o.status != "finished"
     ][:3]
-    return seconds, max(peaks) / 1024
+    for job in jobs:
+        job.refresh()
+    drain = max(job.ended_at for job in jobs) - min(job.started_at for job in jobs)
+    return drain.total_seconds(), seconds, max(peaks) / 1024
 
 
 def vips(paths: list[Path], out: Path) -> tuple[dict[str, float], str] | None:
@@ -235,7 +240,9 @@ class Results:
     core: float = 0.0
     rerun: float = 0.0
     one_worker: float = 0.0
+    one_cold: float = 0.0  # the same, from the worker process's start
     two_workers: float = 0.0
+    one_batch: float = 0.0
     rss_mb: float = 0.0
     vips: tuple[dict[str, float], str] | None = None
     psnr: float = 0.0
@@ -276,8 +283,9 @@ def run_all(paths: list[Path], places: Places, work: Path, connection: Redis, wi
     results.core = timed(lambda: core(paths, places))
     results.psnr = quality(paths, places)
     results.rerun = timed(lambda: core(paths, places))
-    results.one_worker, results.rss_mb = through_workers(paths, places, 1, connection)
-    results.two_workers, _ = through_workers(paths, places, 2, connection)
+    results.one_worker, results.one_cold, results.rss_mb = through_workers(paths, places, 1, connection)
+    results.two_workers, _, _ = through_workers(paths, places, 2, connection)
+    results.one_batch, _, _ = through_workers(paths, places, 1, connection, "workers.BatchWorker")
     if with_vips:
         (work / "vips").mkdir()
         results.vips = vips(paths, work / "vips")
@@ -300,8 +308,10 @@ def print_table(results: Results, paths: list[Path]) -> None:
     lines = [
         ("(a) naive Pillow loop (full decode)", results.naive),
         ("(b) toolkit core loop", results.core),
-        ("(c) rq worker x1, end to end", results.one_worker),
-        ("(c) rq worker x2, end to end", results.two_workers),
+        ("(c) rq worker x1, first start to last end", results.one_worker),
+        ("(c) rq worker x1, from the process's start", results.one_cold),
+        ("(c) rq worker x2, first start to last end", results.two_workers),
+        ("(c) BatchWorker x1 (100 jobs a horse), same", results.one_batch),
     ]
     if results.vips:
         seconds, version = results.vips
