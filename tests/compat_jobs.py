@@ -89,3 +89,30 @@ def hold(megabytes: int) -> int:
     """Keep `megabytes` of memory for the rest of the process's life (a leak); the process's pid."""
     KEPT.append(bytearray(b"x" * (megabytes << 20)))
     return os.getpid()
+
+
+def name_the_connection(name: str) -> None:
+    """Leave the job's Redis connection named (CLIENT SETNAME)."""
+    job = get_current_job()
+    assert job is not None
+    job.connection.client_setname(name)
+
+
+SUBSCRIBED: list[Any] = []
+
+
+def stay_subscribed(channel: str) -> None:
+    """Leave a subscription open on a connection of the job's pool."""
+    job = get_current_job()
+    assert job is not None
+    pubsub = job.connection.pubsub()
+    pubsub.subscribe(channel)
+    SUBSCRIBED.append(pubsub)
+
+
+def connection_name() -> str | None:
+    """The name of the job's Redis connection (CLIENT GETNAME)."""
+    job = get_current_job()
+    assert job is not None
+    name = job.connection.client_getname()
+    return name.decode() if isinstance(name, bytes) else name

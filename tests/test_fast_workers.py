@@ -195,6 +195,39 @@ def test_each_job_gets_a_fresh_horse_and_a_spare_waits_while_idle(connection: Re
     wait_until(lambda: not left & descendants(1), 5, "the spare to exit with the worker")
 
 
+def test_the_horses_take_over_one_redis_connection_in_turn(connection: Redis) -> None:
+    """A fresh horse per job, not a fresh Redis connection per job: the worker keeps one for them."""
+    queue = Queue("default", connection=connection)
+    jobs = [queue.enqueue(compat_jobs.keep_in_meta) for _ in range(20)]  # a job that writes to Redis
+    before = connection.info("stats")["total_connections_received"]
+    ForkingWorker(["default"], connection=connection).work(burst=True)
+    opened = connection.info("stats")["total_connections_received"] - before
+    assert [job.return_value() for job in jobs] == [job.id for job in jobs]
+    assert opened <= 3, opened  # the worker's wait, the connection for its horses, and a spare's
+
+
+@pytest.mark.parametrize(
+    ("leaving", "args"),
+    [
+        (compat_jobs.name_the_connection, ("leaked",)),
+        (compat_jobs.stay_subscribed, ("leaked",)),
+        (compat_jobs.crash, ()),
+    ],
+    ids=["named", "subscribed", "horse-died"],
+)
+def test_a_job_that_changes_its_connection_leaves_the_next_job_a_clean_one(
+    connection: Redis, leaving: Any, args: tuple[Any, ...]
+) -> None:
+    queue = Queue("default", connection=connection)
+    queue.enqueue(compat_jobs.add, 1, 1)  # the horses' connection in use before
+    queue.enqueue(leaving, *args)
+    after = [queue.enqueue(compat_jobs.connection_name) for _ in range(2)]
+    ForkingWorker(["default"], connection=connection).work(burst=True)
+    assert [job.get_status(refresh=True) for job in after] == [JobStatus.FINISHED] * 2
+    assert [job.return_value() for job in after] == [None, None]
+    assert not any(client.get("name") == "leaked" for client in connection.client_list())
+
+
 def test_a_stop_command_leaves_the_in_process_worker_alive(connection: Redis, processes: Any) -> None:
     worker = start_worker_process(processes, "workers.InProcessWorker", "default")
     wait_until(lambda: live_workers(connection), what="the worker registers")

@@ -19,13 +19,13 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import redis.utils
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 
 from config import history
-from config.connection import close_inherited
+from config.connection import HandedConnection, close_inherited
 from config.outage import OutageRetry, is_outage
 from workers.base import FastWorker
 from workers.claims import Claimed, Success
@@ -53,6 +53,7 @@ class Report(NamedTuple):
     success: tuple[datetime | None, list[Any], str] | None  # the last job's plain one: end, result, function
     claimed: Claimed | None  # that job, if the horse claimed it (None: the one handed to it)
     counts: Counter[tuple[int, str]]  # runs it recorded and did not send (config/history.py's Tally)
+    handed: float | None = None  # its last: the handed connection given back, its next health check
 
 
 class ForkingWorker(FastWorker):
@@ -71,6 +72,8 @@ class ForkingWorker(FastWorker):
     _horse_status: int | None = None
     _beats: OutageRetry | None = None  # the back-off of a job's heartbeats while Redis is away
     _kept: Horse | None = None  # the horse that ran the last job, alive, to run the next one
+    hand_connection = True  # a Redis connection kept for the horses, each taking it over in turn
+    _handed: HandedConnection | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -126,6 +129,7 @@ class ForkingWorker(FastWorker):
             horse = self.send(horse, claimed)
         except BrokenPipeError:  # the waiting horse died (killed by hand?): fork one for this job
             self.discard(horse)
+            self.drop_handed()
             horse, spare = self.send(self.fork_horse(spare=False), claimed), None
         self._horse, self._horse_pid = horse, horse.pid
         if spare is not None:
@@ -172,6 +176,11 @@ class ForkingWorker(FastWorker):
             if report.spent or kept.runs >= self.horse_jobs:
                 self.discard(kept)
                 kept = None
+        if kept is None:  # the horse is gone: its connection goes to the next, if it gave it back
+            if report and report.handed is not None and self._handed:
+                self._handed.taken_back(report.handed)
+            else:
+                self.drop_handed()
         self._spare = kept or self._spare
         if report:
             self._tally.counts.update(report.counts)
@@ -195,6 +204,7 @@ class ForkingWorker(FastWorker):
     def fork_horse(self, spare: bool) -> Horse:
         """A horse waiting for its job; a spare one (forked while idle) rehearses, and says when it
         starts the job."""
+        handed = self.handed()
         jobs_read, jobs_write = os.pipe()
         reports_read, reports_write = os.pipe()
         # A stop asked for while the fork runs would be raised inside the fork's own hooks, where
@@ -205,6 +215,8 @@ class ForkingWorker(FastWorker):
             # The wait's socket is the worker's: a process the job leaves behind must not hold it open
             # once the worker is gone (Redis would hand the next job to that wait: lost).
             close_inherited(self._waiting)
+            if handed:
+                handed.take_over()
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.setpgrp()
             os.close(jobs_write)
@@ -234,6 +246,9 @@ class ForkingWorker(FastWorker):
                     os.write(reports, STARTED)
                 spare = True  # a next job comes to it waiting, as to a spare
                 done = self.run_handed(claimed, 0 if one_by_one else left - 1)
+                last = done.ran >= left or done.spent
+                if last and self._handed:
+                    done = done._replace(handed=self._handed.give_back())
                 report = pickle.dumps(done)
                 try:
                     write_all(reports, len(report).to_bytes(HEADER, "big") + report)
@@ -244,7 +259,7 @@ class ForkingWorker(FastWorker):
                 self._tally.sent()
                 # Its last: exit now, not at the pipe's end, which never comes if a process forked while
                 # the worker held the pipe (RQ's scheduler, restarted after an outage) keeps it open.
-                if done.ran >= left:
+                if last:
                     break
         except BaseException:
             os._exit(1)
@@ -299,6 +314,29 @@ class ForkingWorker(FastWorker):
         self._horse_status = status
         return pid, status, rusage
 
+    def handed(self) -> HandedConnection | None:
+        """The connection for the next horse, connected now if it needs to be (None if Redis is away: the
+        horse connects itself)."""
+        if self._handed is None and self.hand_connection:
+            try:
+                self._handed = HandedConnection(self.connection)
+            except ResponseError:  # no CLIENT INFO (Redis before 6.2): each horse connects itself
+                self.hand_connection = False
+            except (RedisError, OSError):
+                pass
+        return self._handed
+
+    def drop_handed(self) -> None:
+        """Close the handed connection (a horse died with it, or Redis failed over): the next horse gets a new
+        one."""
+        handed, self._handed = self._handed, None
+        if handed:
+            handed.close()
+
+    def stops_in_outage(self, exc: RedisError, outage: OutageRetry) -> bool:
+        self.drop_handed()
+        return super().stops_in_outage(exc, outage)
+
     def kill_horse(self, sig: Any = signal.SIGKILL) -> None:
         if self.horse_pid:  # no horse: a stop command must not kill this process group
             super().kill_horse(sig)
@@ -315,6 +353,7 @@ class ForkingWorker(FastWorker):
         spare, self._spare = self._spare, None
         if spare:
             self.discard(spare)
+        self.drop_handed()
         super().teardown()
 
 
