@@ -97,6 +97,7 @@ class HandedConnection:
 
     def __init__(self, client: Redis) -> None:
         self.client = client
+        self.used = False  # in a child: whether it took the connection over
         pool: Any = client.connection_pool  # its connections' internals are used here
         self.connection = pool.make_connection()
         try:
@@ -108,22 +109,34 @@ class HandedConnection:
             raise
 
     def take_over(self) -> None:
-        """In a child: the connection becomes its pool's, as if this process had opened it."""
-        pool, connection = self.client.connection_pool, self.connection
+        """In a child: the connection becomes its pool's, as if this process had opened it, the first time
+        the pool needs a new one."""
+        pool: Any = self.client.connection_pool  # its make_connection is replaced, once
+        connection = self.connection
         pool._checkpid()  # the pool starts over, empty, in this process
-        connection.pid = os.getpid()
-        if isinstance(pool, SentinelConnectionPool):  # the master it is connected to is the pool's
-            pool.proxy.master_address = (connection.host, connection.port)
-        pool._created_connections += 1
-        pool._available_connections.append(connection)
+        make_connection = pool.make_connection
+
+        def handed_first() -> Any:
+            pool.make_connection = make_connection  # after this one, its own
+            self.used = True
+            connection.pid = os.getpid()
+            if isinstance(pool, SentinelConnectionPool):  # the master it is connected to is the pool's
+                pool.proxy.master_address = (connection.host, connection.port)
+            pool._created_connections += 1
+            return connection
+
+        pool.make_connection = handed_first
 
     def give_back(self) -> float | None:
         """In that child, before it ends: the connection taken out of its pool; if the next child can take
-        it over (idle, on the socket it came with, no reply left unread, its session as it came: same
-        database, name, user, no subscription, transaction or tracking), when it needs its next health
-        check (else None)."""
+        it over (unused; or idle, on the socket it came with, no reply left unread, its session as it
+        came: same database, name, user, no subscription, transaction or tracking), when it needs its
+        next health check (else None)."""
         pool, connection = self.client.connection_pool, self.connection
         with pool._lock:
+            if not self.used:
+                del pool.make_connection
+                return connection.next_health_check
             if connection not in pool._available_connections:  # in use (a thread?), or dropped
                 return None
             pool._available_connections.remove(connection)

@@ -72,6 +72,7 @@ class ForkingWorker(FastWorker):
     _horse_status: int | None = None
     _beats: OutageRetry | None = None  # the back-off of a job's heartbeats while Redis is away
     _kept: Horse | None = None  # the horse that ran the last job, alive, to run the next one
+    _say_started: int | None = None  # in a spare horse: the pipe to say STARTED on, once its job starts
     hand_connection = True  # a Redis connection kept for the horses, each taking it over in turn
     _handed: HandedConnection | None = None
 
@@ -242,8 +243,7 @@ class ForkingWorker(FastWorker):
             while len(size := read_exactly(jobs, HEADER)) == HEADER:
                 claimed, left, one_by_one = pickle.loads(read_exactly(jobs, int.from_bytes(size, "big")))
                 self.executions.clear()
-                if spare:
-                    os.write(reports, STARTED)
+                self._say_started = reports if spare else None
                 spare = True  # a next job comes to it waiting, as to a spare
                 done = self.run_handed(claimed, 0 if one_by_one else left - 1)
                 last = done.ran >= left or done.spent
@@ -270,6 +270,14 @@ class ForkingWorker(FastWorker):
         job, queue = self.adopt(claimed)
         self._unrecorded = self.run_one(job, queue, claimed)
         return self.report(1, False, None)
+
+    def run(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
+        """In the horse, FastWorker's; a spare says STARTED first, as late as it can: the worker waits for
+        it before it goes on, so as not to hold up the job's start on a busy CPU."""
+        if self._say_started is not None:
+            os.write(self._say_started, STARTED)
+            self._say_started = None
+        return super().run(job, queue, execution)
 
     def run_one(self, job: Job, queue: Queue, claimed: Claimed) -> Success | None:
         """In the horse: one job, as RQ's horse runs it."""
