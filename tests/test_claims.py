@@ -1,35 +1,37 @@
 """A job id that a worker's blocking wait handed over is claimed once, whoever else reaches for it: a
-late BLPOP reply, a claim retried after an outage, a BLMOVE into the intermediate list; and a pop that
+late BLPOP reply, a claim retried after an outage, a claim made as the job arrived; and a pop that
 a failover kept without its claim is run."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from redis import Redis
 from rq import Queue
 from rq.job import Job
+from rq.utils import utcformat
 
+from config.put_back import put_back
 from launcher.redis_server import RedisServer, free_port
 from tests import compat_jobs
 from workers import InProcessWorker
-from workers.claims import WHERE_INTERMEDIATE, WHERE_NOWHERE, WHERE_UNKNOWN, Popped
+from workers.claims import CLAIM_SCRIPT, WHERE_NOWHERE, WHERE_UNKNOWN, Popped
 
 
-def test_a_job_moved_to_the_intermediate_list_goes_to_one_claim(connection: Redis) -> None:
-    """Worker B's BLMOVE took the job; worker A retries a claim of it after an outage: one of them."""
+def test_a_job_claimed_as_it_arrived_goes_to_one_claim(connection: Redis) -> None:
+    """Worker B's wait on one queue claimed the job as it arrived; worker A retries a claim of it after
+    an outage: one of them."""
     job = Queue("default", connection=connection).enqueue(compat_jobs.add, 1, 1)
-    connection.lmove("rq:queue:default", "rq:queue:default:intermediate", "LEFT", "RIGHT")
+    arrived = InProcessWorker(["default"], connection=connection).wait_and_claim("rq:queue:default", 1)
+    assert arrived and arrived.job_id == job.id and arrived.claimed
     retried = InProcessWorker(["default"], connection=connection).claim(
         Popped("rq:queue:default", job.id, WHERE_UNKNOWN)
     )
-    moved = InProcessWorker(["default"], connection=connection).claim(
-        Popped("rq:queue:default", job.id, WHERE_INTERMEDIATE)
-    )
-    assert bool(retried) + bool(moved) == 1
+    assert retried is None
     assert connection.zcard("rq:executions:" + job.id) == 1
 
 
@@ -81,3 +83,65 @@ def test_a_job_whose_claim_a_failover_lost_is_put_back_once_the_worker_is_past_i
         assert connection.llen("rq:queue:default") == 0
     finally:
         server.stop()
+
+
+def test_a_claim_as_the_job_arrives_starts_it_at_redis_time_in_rq_format(connection: Redis) -> None:
+    """The script stamps the start with Redis's TIME, in RQ's date format: the job's started_at, its
+    execution's created_at and the worker's own start all say the same."""
+    job = Queue("default", connection=connection).enqueue(compat_jobs.add, 1, 1)
+    seconds, micros = connection.time()
+    arrived = InProcessWorker(["default"], connection=connection).wait_and_claim("rq:queue:default", 1)
+    assert arrived and arrived.claimed
+    started = datetime.fromisoformat(arrived.claimed[1][4].decode())
+    assert 0 <= started.timestamp() - (seconds + micros / 1e6) < 5
+    job.refresh()
+    assert job.started_at == started
+    execution = connection.hget(f"rq:execution:{job.id}:{arrived.claimed[0]}", "created_at")
+    assert execution is not None and float(execution) == pytest.approx(started.timestamp(), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [
+        0,
+        951_782_399,
+        951_868_799,
+        1_709_251_199,
+        1_735_689_599,
+        4_107_542_399,
+        4_107_542_400,
+        253_402_300_799,
+    ],
+)
+def test_the_scripts_date_format_is_rqs(connection: Redis, seconds: int) -> None:
+    """claim.lua's own date formatting (Redis's Lua has no date library) against RQ's, across leap days,
+    year and century ends."""
+    script = CLAIM_SCRIPT[
+        CLAIM_SCRIPT.index("local function utcformat") : CLAIM_SCRIPT.index("local function claim")
+    ]
+    for micros in (0, 7, 999_999):
+        written = connection.eval(
+            script + "return utcformat(tonumber(ARGV[1]), tonumber(ARGV[2]))", 0, seconds, micros
+        )
+        expected = datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
+        assert written.decode() == utcformat(expected)
+
+
+def test_a_job_an_outage_left_in_the_workers_own_list_runs_once(connection: Redis) -> None:
+    """Its BLMOVE ran, its claim did not (Redis went away between the two): the worker's next wait
+    claims it; put back on its queue by the orphan pass meanwhile, it is still claimed only once."""
+    queue = Queue("default", connection=connection)
+    worker = InProcessWorker(["default"], connection=connection)
+    own = f"rq:worker:{worker.name}:popped"
+    left = queue.enqueue(compat_jobs.add, 1, 1)
+    connection.lmove("rq:queue:default", own, "LEFT", "RIGHT")
+    arrived = worker.wait_and_claim("rq:queue:default", 1)  # nothing arrives: the one left is claimed
+    assert arrived and arrived.job_id == left.id
+    put = queue.enqueue(compat_jobs.add, 2, 2)
+    connection.lmove("rq:queue:default", own, "LEFT", "RIGHT")
+    assert put_back(connection, put.id, "default") == 1  # the orphan pass: on no list, back on its queue
+    arrived = worker.wait_and_claim("rq:queue:default", 1)  # the copy on the queue moves in too
+    assert arrived and arrived.job_id == put.id
+    assert worker.wait_and_claim("rq:queue:default", 1) is None  # the copy: started, passed over
+    assert connection.llen(own) == 0 and connection.llen("rq:queue:default") == 0
+    assert [connection.zcard(f"rq:executions:{job.id}") for job in (left, put)] == [1, 1]

@@ -2,7 +2,8 @@
 -- next job (if KEYS names queues). It writes exactly the keys and fields RQ's own worker writes.
 --
 -- KEYS: the queues' keys, in priority order (none: only record). With a job id already popped by a
---       blocking wait, KEYS[1] is the queue it came from.
+--       blocking wait, KEYS[1] is the queue it came from; with '*' for it, KEYS[2] is this worker's own
+--       list, where the BLMOVE sent just before this script, in the same write, moved it.
 --
 -- ARGV[1]: n, the number of success arguments that follow (0: nothing to record).
 -- ARGV[2 .. n+1], the success:
@@ -14,17 +15,18 @@
 --   four: a bucket's key, when it expires, a field, the runs to add to it
 -- ARGV[n+h+3 ..], the claim:
 --   1 RQ's key prefix           2 worker name          3 now (epoch seconds)  4 now (RQ's date format)
---   5 execution id              6 the job id a blocking wait popped ('' to pop here)
---   7 where that id sits: '0' nowhere (BLPOP), '1' in KEYS[1]'s intermediate list (BLMOVE), '2' not
---     known: it was popped before an outage, so after a failover it may be back in its queue. Either
---     way but '1', a job no longer queued (another worker took it) is left alone, and a copy put back
---     on its queue is taken out
+--   5 execution id              6 the job id a blocking wait popped ('' to pop here, '*' to take it
+--   from KEYS[2]: claimed as it arrives, at Redis's time, with no round trip back to the worker first)
+--   7 where that id sits: '0' nowhere (BLPOP), '2' not known: it was popped before an outage, so after
+--     a failover it may be back in its queue (and so may one that an outage left in KEYS[2], which the
+--     orphan pass may have put back). A job no longer queued (another worker took it) is left alone,
+--     and a copy put back on its queue is taken out
 --   then the heartbeat rule: 8 monitoring interval, 9 grace, 10 '1' for an in-process worker,
 --   11 RQ's default worker TTL
 --
 -- Replies: {} (no job), {'suspended'}, {'dependents'} (the success was not recorded: the job has
 -- dependents, which RQ's own success handling enqueues; nothing was claimed), or
--- {'job', queue name, job id, the job's hash as HGETALL's field-value list}.
+-- {'job', queue name, job id, the job's hash as HGETALL's field-value list, the start (RQ's format)}.
 -- A success recorded already (a reply lost on the way back) is not recorded twice.
 
 local function recorded(results, eid)
@@ -69,22 +71,43 @@ local function record(a)
   return true
 end
 
+-- RQ's date format ('%Y-%m-%dT%H:%M:%S.%fZ') of a time in seconds and microseconds since the epoch.
+local function utcformat(seconds, micros)
+  local days = math.floor(seconds / 86400)
+  local left = seconds - days * 86400
+  -- the civil date of a day number (Howard Hinnant's days_from_civil, backwards)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', year, month, day, math.floor(left / 3600),
+    math.floor(left % 3600 / 60), left % 60, micros)
+end
+
 local function claim(a)
-  local prefix, worker, now, stamp, eid, id = a[1], a[2], tonumber(a[3]), a[4], a[5], a[6]
+  local prefix, worker, created, stamp, eid, id = a[1], a[2], a[3], a[4], a[5], a[6]
   local qkey
+  if id == '*' then  -- the job that has just arrived, or one an outage left between the two
+    id = redis.call('LPOP', KEYS[2])
+    if not id then return {} end
+    local time = redis.call('TIME')
+    created = time[1] .. '.' .. string.format('%06d', time[2])
+    stamp = utcformat(tonumber(time[1]), tonumber(time[2]))
+  end
+  local now = tonumber(created)
   if id ~= '' then
     qkey = KEYS[1]
-    if a[7] == '1' then
-      -- the entry BLMOVE put there is this worker's title to the job: gone, someone else took it
-      if redis.call('LREM', qkey .. ':intermediate', 1, id) == 0 then return {} end
-    else
-      -- A BLPOP's reply can come late (a host cut off, then back): by then the orphan recovery (or a
-      -- failover) may have put the job back on its queue, or another worker run it.
-      if redis.call('HGET', prefix .. ':job:' .. id, 'status') ~= 'queued' then return {} end
-      redis.call('LREM', qkey, 0, id)
-      if a[7] == '2' then redis.call('LREM', qkey .. ':intermediate', 0, id) end
-    end
-    if redis.call('EXISTS', prefix .. ':job:' .. id) == 0 then return {} end
+    -- A BLPOP's reply can come late (a host cut off, then back), a job can stay in KEYS[2] across an
+    -- outage: by then the orphan recovery (or a failover) may have put it back on its queue, or another
+    -- worker run it.
+    if redis.call('HGET', prefix .. ':job:' .. id, 'status') ~= 'queued' then return {} end
+    redis.call('LREM', qkey, 0, id)
+    if a[7] == '2' then redis.call('LREM', qkey .. ':intermediate', 0, id) end
   else
     if redis.call('EXISTS', prefix .. ':suspended') == 1 then return {'suspended'} end
     for i = 1, #KEYS do
@@ -111,7 +134,7 @@ local function claim(a)
   local second = math.floor(now)
   local composite = id .. ':' .. eid
   local execution = prefix .. ':execution:' .. composite
-  redis.call('HSET', execution, 'id', eid, 'job_id', id, 'created_at', a[3], 'last_heartbeat', a[3],
+  redis.call('HSET', execution, 'id', eid, 'job_id', id, 'created_at', created, 'last_heartbeat', created,
     'worker_name', worker)
   redis.call('EXPIRE', execution, ttl)
   redis.call('ZADD', prefix .. ':executions:' .. id, second + ttl + 60, eid)
@@ -126,7 +149,7 @@ local function claim(a)
   redis.call('HSET', jobkey, 'last_heartbeat', stamp, 'status', 'started', 'started_at', stamp,
     'worker_name', worker)
   redis.call('PERSIST', jobkey)
-  return {'job', queue, id, redis.call('HGETALL', jobkey)}
+  return {'job', queue, id, redis.call('HGETALL', jobkey), stamp}
 end
 
 local n = tonumber(ARGV[1])

@@ -29,17 +29,20 @@ class Success(NamedTuple):
     fields: list[Any]  # the result stream entry, as XADD's field-value list
 
 
-# Where a popped job id sits until its claim (claim.lua's ARGV): nowhere (BLPOP), in the queue's
-# intermediate list (BLMOVE), or not known (popped before an outage: maybe back in its queue).
-WHERE_NOWHERE, WHERE_INTERMEDIATE, WHERE_UNKNOWN = "0", "1", "2"
+# Where a popped job id sits until its claim (claim.lua's ARGV): nowhere (BLPOP), or not known (popped
+# before an outage: maybe back in its queue).
+WHERE_NOWHERE, WHERE_UNKNOWN = "0", "2"
+ARRIVING = "*"  # claim.lua's job id for the one its BLMOVE moves into the worker's own list
 
 
 class Popped(NamedTuple):
-    """A job id that a blocking wait took off a queue, to claim."""
+    """A job id that a blocking wait took off a queue, to claim; or claimed as it arrived (the execution
+    id, and the claim script's reply)."""
 
     queue_key: str
     job_id: str
     where: str
+    claimed: tuple[str, Any] | None = None
 
 
 class RecentPops:

@@ -135,8 +135,11 @@ class ForkingWorker(FastWorker):
         self._horse, self._horse_pid = horse, horse.pid
         if spare is not None:
             # Let it start the job before this process goes on with its side: on a busy CPU that is
-            # a millisecond or two sooner. (A horse that dies first gives an empty read.)
+            # a millisecond or two sooner. (A horse that dies first gives an empty read.) Woken by that
+            # byte, this process would run first on a CPU the two share (the kernel favours a task
+            # that slept): it yields, and the job reaches its first line before the steps here.
             os.read(horse.reports, len(STARTED))
+            os.sched_yield()
 
     def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
         horse, self._report = self._horse, bytearray()
