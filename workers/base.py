@@ -20,7 +20,7 @@ from typing import Any
 from uuid import uuid4
 
 from redis.exceptions import RedisError
-from rq.defaults import DEFAULT_WORKER_TTL, RQ_KEY_PREFIX
+from rq.defaults import RQ_KEY_PREFIX
 from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job, Retry
@@ -46,6 +46,8 @@ from workers.claims import (
     RecentPops,
     Success,
     as_mapping,
+    claim_args,
+    claim_as_it_arrives,
     idle_wait,
 )
 from workers.paths import rq_path_reason
@@ -143,11 +145,8 @@ class FastWorker(Reporting):
                 self.go_idle()
                 assert timeout is not None
                 popped = self.wait_for_job(idle_wait(timeout, max_idle_time, idle_since))
-                if (
-                    popped is None
-                    and max_idle_time is not None
-                    and time.monotonic() - idle_since >= max_idle_time
-                ):
+                idle = time.monotonic() - idle_since
+                if popped is None and max_idle_time is not None and idle >= max_idle_time:
                     return None
             except RedisError as exc:
                 popped = popped and popped._replace(where=WHERE_UNKNOWN)  # its claim may not have happened
@@ -179,8 +178,7 @@ class FastWorker(Reporting):
         self.get_ready()
 
     def wait_for_job(self, timeout: int) -> Popped | None:
-        """Block until a job arrives: on one queue, claimed as it arrives (wait_and_claim); on several,
-        its id popped as RQ does (BLPOP), to claim."""
+        """Block until a job arrives: on one queue claimed with it, on several popped (BLPOP) to claim."""
         keys = [queue.key for queue in self._ordered_queues]
         if len(keys) == 1 and get_version(self.connection) >= (6, 2, 0):
             return self.wait_and_claim(keys[0], timeout)
@@ -191,22 +189,16 @@ class FastWorker(Reporting):
         return self._pops.note(Popped(key.decode(), job_id.decode(), WHERE_NOWHERE))
 
     def wait_and_claim(self, key: str, timeout: int) -> Popped | None:
-        """BLMOVE the queue's next job into this worker's own list, with the claim script in the same
-        write: Redis claims the job as it arrives, with no round trip to this process between the two
-        (on a job's way to its start, a third of a millisecond or more). A job that an outage left in
-        that list is claimed by the next script, or put back by the orphan pass (jobs/orphans.py)."""
+        """Redis claims the queue's next job as it arrives, no round trip here first (workers/claims.py); one
+        an outage left between the two is claimed by the next wait, or put back by jobs/orphans.py."""
         execution_id = uuid4().hex
-        own = f"{RQ_KEY_PREFIX}:worker:{self.name}:popped"
-        with self._waiting.pipeline(transaction=False) as pipe:
-            pipe.blmove(key, own, timeout, "LEFT", "RIGHT")
-            claim = self.claim_args(execution_id, ARRIVING, WHERE_NOWHERE)
-            self._step(keys=[key, own], args=[0, 0, *claim], client=pipe)
-            reply = pipe.execute()[1]
+        claim = claim_args(self, execution_id, ARRIVING, WHERE_NOWHERE)
+        reply = claim_as_it_arrives(self._waiting, self._step, key, timeout, claim)
         return Popped(key, reply[2].decode(), WHERE_NOWHERE, (execution_id, reply)) if reply else None
 
     def claim(self, popped: Popped | None = None) -> Any:
-        """Record the last success, and start the next job (or the one already popped, or claimed as it
-        arrived): (job, queue), SUSPENDED, or None."""
+        """Record the last success, and start the next job (or the one popped, or claimed as it arrived):
+        (job, queue), SUSPENDED, or None."""
         if popped and popped.claimed:
             execution_id, reply = popped.claimed
             self._idle_ttl_at = None  # the claim gave the worker's key the job's heartbeat TTL
@@ -214,11 +206,10 @@ class FastWorker(Reporting):
             execution_id = uuid4().hex
             keys = [popped.queue_key] if popped else [queue.key for queue in self._ordered_queues]
             where = popped.where if popped else WHERE_NOWHERE
-            claim = self.claim_args(execution_id, popped.job_id if popped else "", where)
+            claim = claim_args(self, execution_id, popped.job_id if popped else "", where)
             self._state = WorkerStatus.BUSY  # a SIGTERM now asks for a stop after the job it may claim
             reply = self.step(keys, claim)
-            if reply is None:
-                reply = self.step(keys, claim)
+            reply = self.step(keys, claim) if reply is None else reply
         if not reply or reply[0] != b"job":
             self._state = WorkerStatus.IDLE
             return SUSPENDED if reply else None
@@ -231,23 +222,6 @@ class FastWorker(Reporting):
         shown = f"{job.description} ({job.id})" if self.log_job_description else job.id
         self.job_line("Worker %s: %s: %s", self.name, queue.name, shown)  # RQ's line, as it takes a job
         return job, queue
-
-    def claim_args(self, execution_id: str, job_id: str, where: str) -> list[Any]:
-        """claim.lua's claim arguments, at this time."""
-        started = now()
-        return [
-            RQ_KEY_PREFIX,
-            self.name,
-            started.timestamp(),
-            utcformat(started),
-            execution_id,
-            job_id,
-            where,
-            self.job_monitoring_interval,
-            self.heartbeat_grace,
-            int(self.in_process),
-            DEFAULT_WORKER_TTL,
-        ]
 
     def job_line(self, message: str, *args: Any) -> None:
         """A line per job as it starts and ends, at job_log_level (RQ logs both with log.info)."""

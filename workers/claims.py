@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from redis import Redis
+from rq.defaults import DEFAULT_WORKER_TTL, RQ_KEY_PREFIX
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
+from rq.utils import now, utcformat
 
 from config.put_back import put_back
 
@@ -88,6 +90,34 @@ class Claimed(NamedTuple):
     fields: list[bytes]  # the job's hash, as HGETALL's field-value list
     execution_id: str
     started: datetime
+
+
+def claim_args(worker: Any, execution_id: str, job_id: str, where: str) -> list[Any]:
+    """claim.lua's claim arguments for a fast worker, at this time."""
+    started = now()
+    return [
+        RQ_KEY_PREFIX,
+        worker.name,
+        started.timestamp(),
+        utcformat(started),
+        execution_id,
+        job_id,
+        where,
+        worker.job_monitoring_interval,
+        worker.heartbeat_grace,
+        int(worker.in_process),
+        DEFAULT_WORKER_TTL,
+    ]
+
+
+def claim_as_it_arrives(waiting: Redis, script: Any, key: str, timeout: int, claim: list[Any]) -> Any:
+    """BLMOVE the queue's next job into the worker's own list (claim ARGV 2: the worker's name), and the
+    claim script (`claim`: its arguments, ARRIVING for the job) in the same write: its reply."""
+    own = f"{RQ_KEY_PREFIX}:worker:{claim[1]}:popped"
+    with waiting.pipeline(transaction=False) as pipe:
+        pipe.blmove(key, own, timeout, "LEFT", "RIGHT")
+        script(keys=[key, own], args=[0, 0, *claim], client=pipe)
+        return pipe.execute()[1]
 
 
 def as_mapping(flat: list[Any]) -> dict[Any, Any]:
