@@ -650,7 +650,7 @@ def machine(connection: Redis, peers: dict[str, dict[str, str]]) -> str:
     ]
     return (
         f"{os.cpu_count()} cores {cpu}, Python {platform.python_version()}, redis-server {server}, "
-        f"rq {rq.__version__} (redis-py {redis.__version__}), {', '.join(found)}"
+        f"rq {rq.__version__} (redis-py {redis.__version__})" + "".join(f", {peer}" for peer in found)
     )
 
 
