@@ -3,8 +3,9 @@
 A worker on several queues waits in BLPOP. If its process is frozen then killed, or its host cut
 off, while it waits, Redis still pops the next job pushed and writes it to a connection nobody
 reads: the job's hash says "queued", it is on no queue, and nothing would ever run it. (A worker on
-one queue claims the job in the same write as its BLMOVE, workers/base.py's wait_and_claim: only
-Redis going away between the two leaves it in the worker's own list, on no list this pass reads.)
+one queue claims the job in the same write as its BLMOVE, workers/claims.py's claim_as_it_arrives:
+only Redis going away between the two leaves it in the worker's own list, where that worker's next
+claim takes it, and which this pass doesn't read: a worker gone by then leaves it to this pass.)
 `release-due` runs a pass every minute:
 - it SCANs the job hashes in pages of 1,000 and reads status, origin and enqueued_at; a queued job
   that is neither on its queue nor on its intermediate list (each list read once per pass) is

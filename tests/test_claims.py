@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from redis import Redis
 from rq import Queue
 from rq.job import Job
-from rq.utils import utcformat
+from rq.utils import now, utcformat
 
 from config.put_back import put_back
 from launcher.redis_server import RedisServer, free_port
 from tests import compat_jobs
+from tests.support import blocked_clients, wait_until
 from workers import InProcessWorker
-from workers.claims import CLAIM_SCRIPT, WHERE_NOWHERE, WHERE_UNKNOWN, Popped
+from workers.claims import CLAIM_SCRIPT, WHERE_NOWHERE, WHERE_UNKNOWN, Popped, lapsed
 
 
 def test_a_job_claimed_as_it_arrived_goes_to_one_claim(connection: Redis) -> None:
@@ -145,3 +146,56 @@ def test_a_job_an_outage_left_in_the_workers_own_list_runs_once(connection: Redi
     assert worker.wait_and_claim("rq:queue:default", 1) is None  # the copy: started, passed over
     assert connection.llen(own) == 0 and connection.llen("rq:queue:default") == 0
     assert [connection.zcard(f"rq:executions:{job.id}") for job in (left, put)] == [1, 1]
+
+
+def test_the_workers_own_list_holds_up_no_job(connection: Redis) -> None:
+    """An entry there no longer queued is passed over for the job that arrived; of two queued (one an
+    outage left), the older is claimed and the other goes back to the front of its queue."""
+    queue = Queue("default", connection=connection)
+    worker = InProcessWorker(["default"], connection=connection)
+    own = f"rq:worker:{worker.name}:popped"
+    started = queue.enqueue(compat_jobs.add, 1, 1)
+    assert worker.claim()
+    connection.rpush(own, started.id)
+    arrived = queue.enqueue(compat_jobs.add, 2, 2)
+    claimed = worker.wait_and_claim("rq:queue:default", 1)
+    assert claimed and claimed.job_id == arrived.id
+    left, later = (queue.enqueue(compat_jobs.add, n, n) for n in (3, 4))
+    connection.lmove("rq:queue:default", own, "LEFT", "RIGHT")
+    claimed = worker.wait_and_claim("rq:queue:default", 1)
+    assert claimed and claimed.job_id == left.id
+    assert connection.lrange("rq:queue:default", 0, -1) == [later.id.encode()] and connection.llen(own) == 0
+
+
+def test_a_script_cache_emptied_during_the_wait_loses_no_job(connection: Redis) -> None:
+    """Redis restarted (or SCRIPT FLUSH) while the worker waited: the job its BLMOVE moved is claimed by
+    the script on its own."""
+    worker = InProcessWorker(["default"], connection=connection)
+    got: list[Popped | None] = []
+    waiting = threading.Thread(target=lambda: got.append(worker.wait_and_claim("rq:queue:default", 10)))
+    waiting.start()
+    wait_until(lambda: blocked_clients(connection), what="the worker's BLMOVE")
+    connection.script_flush()
+    job = Queue("default", connection=connection).enqueue(compat_jobs.add, 1, 1)
+    waiting.join(15)
+    assert got and got[0] and got[0].job_id == job.id
+    assert connection.zcard("rq:executions:" + job.id) == 1
+
+
+def test_a_claim_read_after_its_lease_lapsed_is_not_run(
+    connection: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frozen worker, or one whose host was cut off, reads a claim Redis made long before: it runs the
+    job only if its execution still stands (its lease); fresh, the claim costs no check at all."""
+    job = Queue("default", connection=connection).enqueue(compat_jobs.add, 1, 1)
+    worker = InProcessWorker(["default"], connection=connection)
+    arrived = worker.wait_and_claim("rq:queue:default", 1)
+    assert arrived and arrived.claimed
+    execution_id, reply = arrived.claimed
+    old = [*reply[:4], utcformat(now() - timedelta(seconds=60)).encode()]
+    assert not lapsed(connection, old, execution_id, worker.log)  # late, its lease still holds
+    connection.delete(f"rq:execution:{job.id}:{execution_id}")
+    assert not lapsed(connection, reply, execution_id, worker.log)  # fresh: not checked
+    with caplog.at_level(logging.WARNING):
+        assert lapsed(connection, old, execution_id, worker.log)
+    assert f"Job {job.id}: claimed 60 s ago, its lease lapsed since: not run here" in caplog.text

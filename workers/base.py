@@ -49,6 +49,7 @@ from workers.claims import (
     claim_args,
     claim_as_it_arrives,
     idle_wait,
+    lapsed,
 )
 from workers.paths import rq_path_reason
 from workers.reporting import Reporting
@@ -124,10 +125,9 @@ class FastWorker(Reporting):
         return self.claim_or_wait(timeout, max_idle_time)
 
     def claim_or_wait(self, timeout: int | None, max_idle_time: int | None) -> tuple[Job, Queue] | None:
-        """Claim the first job of the queues, in the script that records the last one's success; else
-        wait for one (wait_for_job); a job popped before an outage is claimed once Redis is back."""
-        burst = timeout is None
-        idle_since = time.monotonic()
+        """Claim the first job of the queues (the script records the last one's success), else wait for one;
+        a job popped before an outage is claimed once Redis is back."""
+        burst, idle_since = timeout is None, time.monotonic()
         outage = OutageRetry(self.log, f"Worker {self.name}")
         popped: Popped | None = None  # taken off its queue by the wait, not claimed yet
         while True:
@@ -189,12 +189,13 @@ class FastWorker(Reporting):
         return self._pops.note(Popped(key.decode(), job_id.decode(), WHERE_NOWHERE))
 
     def wait_and_claim(self, key: str, timeout: int) -> Popped | None:
-        """Redis claims the queue's next job as it arrives, no round trip here first (workers/claims.py); one
-        an outage left between the two is claimed by the next wait, or put back by jobs/orphans.py."""
+        """Redis claims the queue's next job as it arrives, no round trip here first (workers/claims.py)."""
         execution_id = uuid4().hex
         claim = claim_args(self, execution_id, ARRIVING, WHERE_NOWHERE)
         reply = claim_as_it_arrives(self._waiting, self._step, key, timeout, claim)
-        return Popped(key, reply[2].decode(), WHERE_NOWHERE, (execution_id, reply)) if reply else None
+        if not reply or lapsed(self.connection, reply, execution_id, self.log):
+            return None
+        return Popped(key, reply[2].decode(), WHERE_NOWHERE, (execution_id, reply))
 
     def claim(self, popped: Popped | None = None) -> Any:
         """Record the last success, and start the next job (or the one popped, or claimed as it arrived):

@@ -1,5 +1,6 @@
 -- The fast workers' one script per job: record the last job's plain success (if any), then claim the
--- next job (if KEYS names queues). It writes exactly the keys and fields RQ's own worker writes.
+-- next job (if KEYS names queues). It writes exactly the keys and fields RQ's own worker writes (and a
+-- worker's own list, where its BLMOVE puts a job for this script to claim).
 --
 -- KEYS: the queues' keys, in priority order (none: only record). With a job id already popped by a
 --       blocking wait, KEYS[1] is the queue it came from; with '*' for it, KEYS[2] is this worker's own
@@ -17,10 +18,10 @@
 --   1 RQ's key prefix           2 worker name          3 now (epoch seconds)  4 now (RQ's date format)
 --   5 execution id              6 the job id a blocking wait popped ('' to pop here, '*' to take it
 --   from KEYS[2]: claimed as it arrives, at Redis's time, with no round trip back to the worker first)
---   7 where that id sits: '0' nowhere (BLPOP), '2' not known: it was popped before an outage, so after
---     a failover it may be back in its queue (and so may one that an outage left in KEYS[2], which the
---     orphan pass may have put back). A job no longer queued (another worker took it) is left alone,
---     and a copy put back on its queue is taken out
+--   7 where that id sits: '0' nowhere (BLPOP; and for '*'), '2' not known: it was popped before an
+--     outage, so after a failover it may be back in its queue. A job no longer queued (another worker
+--     took it) is left alone, and a copy put back on its queue (by the orphan pass: also one that an
+--     outage left in KEYS[2]) is taken out
 --   then the heartbeat rule: 8 monitoring interval, 9 grace, 10 '1' for an in-process worker,
 --   11 RQ's default worker TTL
 --
@@ -93,7 +94,15 @@ local function claim(a)
   local prefix, worker, created, stamp, eid, id = a[1], a[2], a[3], a[4], a[5], a[6]
   local qkey
   if id == '*' then  -- the job that has just arrived, or one an outage left between the two
-    id = redis.call('LPOP', KEYS[2])
+    local own = redis.call('LRANGE', KEYS[2], 0, -1)
+    redis.call('DEL', KEYS[2])
+    id = nil
+    for i = #own, 1, -1 do  -- the first still queued is claimed, the others go back to the queue's front
+      if redis.call('HGET', prefix .. ':job:' .. own[i], 'status') == 'queued' then
+        if id then redis.call('LREM', KEYS[1], 0, id) redis.call('LPUSH', KEYS[1], id) end
+        id = own[i]
+      end
+    end
     if not id then return {} end
     local time = redis.call('TIME')
     created = time[1] .. '.' .. string.format('%06d', time[2])

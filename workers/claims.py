@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from redis import Redis
+from redis.exceptions import NoScriptError
 from rq.defaults import DEFAULT_WORKER_TTL, RQ_KEY_PREFIX
 from rq.executions import Execution
 from rq.job import Job
@@ -34,6 +35,7 @@ class Success(NamedTuple):
 # Where a popped job id sits until its claim (claim.lua's ARGV): nowhere (BLPOP), or not known (popped
 # before an outage: maybe back in its queue).
 WHERE_NOWHERE, WHERE_UNKNOWN = "0", "2"
+LATE = 1.0  # seconds: a claim read later than this is checked before it runs (lapsed)
 ARRIVING = "*"  # claim.lua's job id for the one its BLMOVE moves into the worker's own list
 
 
@@ -113,11 +115,25 @@ def claim_args(worker: Any, execution_id: str, job_id: str, where: str) -> list[
 def claim_as_it_arrives(waiting: Redis, script: Any, key: str, timeout: int, claim: list[Any]) -> Any:
     """BLMOVE the queue's next job into the worker's own list (claim ARGV 2: the worker's name), and the
     claim script (`claim`: its arguments, ARRIVING for the job) in the same write: its reply."""
-    own = f"{RQ_KEY_PREFIX}:worker:{claim[1]}:popped"
+    keys, args = [key, f"{RQ_KEY_PREFIX}:worker:{claim[1]}:popped"], [0, 0, *claim]
     with waiting.pipeline(transaction=False) as pipe:
-        pipe.blmove(key, own, timeout, "LEFT", "RIGHT")
-        script(keys=[key, own], args=[0, 0, *claim], client=pipe)
-        return pipe.execute()[1]
+        pipe.blmove(keys[0], keys[1], timeout, "LEFT", "RIGHT")
+        script(keys=keys, args=args, client=pipe)
+        try:
+            return pipe.execute()[1]
+        except NoScriptError:  # Redis restarted in the wait (redis-py sent it again): the script alone claims
+            return script(keys=keys, args=args, client=waiting)  # what the BLMOVE moved (loading itself)
+
+
+def lapsed(connection: Redis, reply: Any, execution_id: str, log: logging.Logger) -> bool:
+    """Whether a claim made as the job arrived came back too late to run: read over LATE s after Redis
+    made it (the worker frozen, its host cut off), and its execution gone (the lease lapsed: the job is
+    RQ's to fail or retry as abandoned, maybe running elsewhere already)."""
+    late = (now() - datetime.fromisoformat(reply[4].decode())).total_seconds()
+    if late < LATE or connection.exists(f"{RQ_KEY_PREFIX}:execution:{reply[2].decode()}:{execution_id}"):
+        return False
+    log.warning("Job %s: claimed %.0f s ago, its lease lapsed since: not run here", reply[2].decode(), late)
+    return True
 
 
 def as_mapping(flat: list[Any]) -> dict[Any, Any]:

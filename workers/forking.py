@@ -137,7 +137,7 @@ class ForkingWorker(FastWorker):
             # Let it start the job before this process goes on with its side: on a busy CPU that is
             # a millisecond or two sooner. (A horse that dies first gives an empty read.) Woken by that
             # byte, this process would run first on a CPU the two share (the kernel favours a task
-            # that slept): it yields, and the job reaches its first line before the steps here.
+            # that slept): it yields, so that the job (as a rule) reaches its first line first.
             os.read(horse.reports, len(STARTED))
             os.sched_yield()
 
