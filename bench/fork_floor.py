@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import inspect
 import os
 import pickle
 import resource
@@ -93,18 +94,11 @@ def fork_exit_ms(runs: int) -> float:
     return statistics.median(times)
 
 
-BARE = """
-import os, statistics, sys, time
-times = []
-for _ in range(int(sys.argv[1])):
-    start = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
-    times.append((time.perf_counter() - start) * 1e3)
-print(statistics.median(times))
-"""
+def bare_fork_exit_ms(runs: int) -> float:
+    """fork_exit_ms in a bare interpreter of this Python (a child that imports nothing else)."""
+    code = f"import os, statistics, time\n{inspect.getsource(fork_exit_ms)}\nprint(fork_exit_ms({runs}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(done.stdout)
 
 
 def main() -> None:
@@ -115,10 +109,7 @@ def main() -> None:
         server = RedisServer(free_port(), Path(tmp)).start()
         try:
             pinned = pin(server)
-            done = subprocess.run(
-                [sys.executable, "-c", BARE, str(runs)], capture_output=True, text=True, check=True
-            )
-            bare = float(done.stdout)
+            bare = bare_fork_exit_ms(runs)
             preload(get_settings())
             # as ForkingWorker does: redis-py's version read once, not in each horse's first connection
             redis.utils.get_lib_version = functools.cache(redis.utils.get_lib_version)
