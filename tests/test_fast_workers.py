@@ -15,6 +15,7 @@ from redis import Redis
 from rq import Callback, Queue, Retry, SimpleWorker
 from rq.command import send_stop_job_command
 from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 from config import get_settings, rq_classes
 from launcher.children import descendants
@@ -402,6 +403,31 @@ def test_the_toolkits_workers_default_to_the_toolkits_job_and_queue_classes() ->
 
     assert (ForkingWorker.job_class, ForkingWorker.queue_class) == (rq_classes.Job, rq_classes.Queue)
     assert (InProcessWorker.job_class, InProcessWorker.queue_class) == (rq_classes.Job, rq_classes.Queue)
+
+
+@pytest.mark.parametrize("given", [Job, "rq.job.Job"])
+def test_a_worker_that_rq_worker_starts_takes_the_toolkits_job_class(connection: Redis, given: Any) -> None:
+    """`rq worker` passes its default job class, rq.job.Job: the toolkit's is that one with the
+    configured serializer and dates read faster, so the worker keeps its own. One named is kept."""
+
+    class Custom(Job):
+        pass
+
+    for worker_class in (ForkingWorker, InProcessWorker, rq_classes.Worker):
+        started = worker_class(["default"], connection=connection, job_class=given)
+        assert issubclass(started.job_class, rq_classes.Job)
+        named = worker_class(["default"], connection=connection, job_class=Custom)
+        assert issubclass(named.job_class, Custom)
+
+
+def test_the_toolkits_job_checks_a_serializer_as_rq_does_unless_it_is_rqs_own(connection: Redis) -> None:
+    """RQ's own two serializers go unchecked (the check costs 7 us a job); a name is resolved, and
+    anything else is checked as RQ checks it."""
+    assert rq_classes.Job(connection=connection, serializer=JSONSerializer).serializer is JSONSerializer
+    assert rq_classes.Job(connection=connection, serializer="json").serializer is JSONSerializer
+    assert rq_classes.Job(connection=connection).serializer is rq_classes.configured_serializer()
+    with pytest.raises(NotImplementedError):
+        rq_classes.Job(connection=connection, serializer=object())
 
 
 def test_a_worker_stops_listening_at_once_when_its_listener_reads_the_unsubscribe_first(
