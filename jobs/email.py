@@ -118,6 +118,8 @@ def prepare(settings: Settings, message: Message) -> Draft:
     """Check every part of a message and render its template; raise JobInputError naming what is wrong."""
     check_kinds(message)
     subject, text, html = message.subject, message.text, message.html
+    if isinstance(subject, str):  # blanks around a header's text don't survive the trip: a reader drops them
+        subject = subject.strip()
     if message.template is not None:
         rendered = render_template(message.template, message.context or {})
         subject = subject or rendered["subject"]

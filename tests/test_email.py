@@ -214,6 +214,18 @@ def test_templates_escape_html_but_not_text(plain: Server, run_jobs: Any) -> Non
     assert "Hello <b>Ann</b> & co," in message.get_body(("plain",)).get_content()
 
 
+def test_a_subject_goes_without_the_blanks_around_it(plain: Server, run_jobs: Any) -> None:
+    """A reader drops the blanks that start a header's text: the subject is sent as it is read. A blank
+    subject beside a template takes the template's."""
+    outcome, _ = sent(run_jobs, A, "  Hi  there ", text="x")
+    assert outcome.status == "finished", outcome.reason
+    context = {"name": "Ann", "site": "Shop", "login_url": "https://shop.example.com/login"}
+    outcome, _ = sent(run_jobs, A, " ", template="welcome", context=context)
+    assert outcome.status == "finished", outcome.reason
+    subjects = [parsed(raw)["Subject"] for _, raw in plain.handler.received]
+    assert subjects == ["Hi  there", "Welcome to Shop, Ann"]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -228,6 +240,7 @@ def test_templates_escape_html_but_not_text(plain: Server, run_jobs: Any) -> Non
         ({"to": A, "cc": ["x@"], "subject": "Hi", "text": "x"}, "cc: 'x@' is not a valid address"),
         ({"to": A, "subject": "Hi"}, "give text, html or a template"),
         ({"to": A, "text": "x"}, "a subject is needed"),
+        ({"to": A, "subject": " \u3000 ", "text": "x"}, "a subject is needed"),  # blank: none
         ({"to": A, "template": "nope"}, "no template 'nope' \\(known: password_reset, welcome\\)"),
         ({"to": A, "template": "../../etc"}, "no template"),
         ({"to": A, "template": "welcome", "context": {"name": "Ann"}}, "'site' is undefined"),
