@@ -284,7 +284,9 @@ class ForkingWorker(FastWorker):
 
     def run_one(self, job: Job, queue: Queue, claimed: Claimed) -> Success | None:
         """In the horse: one job, as RQ's horse runs it."""
-        os.environ["RQ_WORKER_ID"], os.environ["RQ_JOB_ID"] = self.name, job.id
+        if os.environ.get("RQ_WORKER_ID") != self.name:  # (each setenv keeps its string for good)
+            os.environ["RQ_WORKER_ID"] = self.name
+        os.environ["RQ_JOB_ID"] = job.id
         execution = self.executions[claimed.execution_id]
         success = self.run(job, queue, execution)
         if success is None:
