@@ -63,6 +63,11 @@ def pid() -> int:
     return os.getpid()
 
 
+def rq_environment() -> tuple[str | None, str | None]:
+    """What RQ's work-horse puts in the environment for a job: the worker's name and the job's id."""
+    return os.environ.get("RQ_WORKER_ID"), os.environ.get("RQ_JOB_ID")
+
+
 def leave_a_child(seconds: float) -> int:
     """Fork a process that outlives the job by `seconds` (it keeps the job's file descriptors)."""
     child = os.fork()

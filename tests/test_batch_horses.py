@@ -62,6 +62,16 @@ def test_a_horse_runs_n_jobs_then_a_fresh_one_takes_over(
             os.kill(pid, 0)
 
 
+def test_each_job_of_a_batch_sees_its_own_id_in_the_environment(
+    connection: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = run(connection, monkeypatch, 100, *[(compat_jobs.rq_environment, (), {})] * 3)
+    workers = {cast(tuple, job.return_value())[0] for job in jobs}
+    assert len(workers) == 1 and None not in workers
+    assert [cast(tuple, job.return_value())[1] for job in jobs] == [job.id for job in jobs]
+    assert "RQ_JOB_ID" not in os.environ  # set in the horses only
+
+
 def test_a_failure_keeps_the_horse_a_time_out_or_a_crash_replaces_it(
     connection: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
