@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
 from functools import cache
 from typing import Any
 
 from redis import Redis
+from redis.connection import Connection
 from redis.exceptions import ConnectionError, RedisError, TimeoutError
 from redis.sentinel import SentinelConnectionPool
 from redis.utils import str_if_bytes
@@ -92,12 +94,16 @@ def session(connection: Any) -> dict[str, str | None]:
 
 class HandedConnection:
     """A connection that a process keeps connected for its forked children (work-horses), one child at a
-    time: each takes it over as the one idle connection of `client`'s pool, instead of opening one of its
-    own (a connection's set-up costs Redis about what 6 claimed jobs do). The parent never uses it."""
+    time: each takes it over as the one idle connection of `client`'s pool, or, if a job in it connects to
+    the same Redis with the same settings on its own first, as that connection's socket; instead of
+    opening one of its own (a connection's set-up costs Redis about what 6 claimed jobs do). The parent
+    never uses it."""
+
+    job_connection: Any = None  # in a child: the job's connection that took the socket over
 
     def __init__(self, client: Redis) -> None:
         self.client = client
-        self.used = False  # in a child: whether it took the connection over
+        self.used = False  # in a child: whether it took the connection over (its pool, or a job's)
         pool: Any = client.connection_pool  # its connections' internals are used here
         self.connection = pool.make_connection()
         try:
@@ -118,6 +124,8 @@ class HandedConnection:
 
         def handed_first() -> Any:
             pool.make_connection = make_connection  # after this one, its own
+            if self.used:  # a job's connection has the socket
+                return make_connection()
             self.used = True
             connection.pid = os.getpid()
             if isinstance(pool, SentinelConnectionPool):  # the master it is connected to is the pool's
@@ -126,6 +134,28 @@ class HandedConnection:
             return connection
 
         pool.make_connection = handed_first
+        if type(connection) is Connection:  # plain TCP (an SSL connection wraps the socket it makes)
+            Connection._connect = self.socket_for_job(Connection._connect)  # type: ignore[method-assign]
+
+    def socket_for_job(self, connect: Any) -> Any:
+        """Connection._connect, which hands the socket over to the first connection this process makes
+        to the same server, database and user with the same socket options; its own handshake (AUTH,
+        HELLO, CLIENT SETINFO) follows as on a new socket."""
+        handed = self.connection
+
+        def socket_or_new(connection: Any) -> Any:
+            same = type(connection) is Connection and all(
+                getattr(connection, name) == getattr(handed, name)
+                for name in ("host", "port", "db", "username", "password", "credential_provider")
+                + ("socket_type", "socket_keepalive", "socket_keepalive_options")
+            )
+            if self.used or not same:
+                return connect(connection)
+            self.used, self.job_connection = True, connection
+            self.socket.settimeout(connection.socket_timeout)
+            return self.socket
+
+        return socket_or_new
 
     def give_back(self) -> float | None:
         """In that child, before it ends: the connection taken out of its pool; if the next child can take
@@ -137,16 +167,22 @@ class HandedConnection:
             if not self.used:
                 del pool.make_connection
                 return connection.next_health_check
-            if connection not in pool._available_connections:  # in use (a thread?), or dropped
+            if self.job_connection is not None:  # a job's: given back if no thread of it could use it
+                if threading.active_count() > 1:
+                    return None
+                connection = self.job_connection
+            elif connection not in pool._available_connections:  # in use (a thread?), or dropped
                 return None
-            pool._available_connections.remove(connection)
+            else:
+                pool._available_connections.remove(connection)
         try:
             clean = (
                 connection._sock is self.socket
                 and not connection.can_read()
                 and session(connection) == self.session
             )
-        except (RedisError, OSError):
+            self.socket.settimeout(self.connection.socket_timeout)
+        except Exception:  # a job's connection in a state of its own (RESP3, a decoder...): not reused
             return None
         return connection.next_health_check if clean else None
 

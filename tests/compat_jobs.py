@@ -6,6 +6,7 @@ import os
 import time
 from typing import Any
 
+from redis import Redis
 from rq import Retry, get_current_job
 
 
@@ -121,3 +122,13 @@ def connection_name() -> str | None:
     assert job is not None
     name = job.connection.client_getname()
     return name.decode() if isinstance(name, bytes) else name
+
+
+OWN_CLIENTS: dict[tuple[str, bool], Redis] = {}
+
+
+def with_own_client(url: str, commands: list[list[Any]], decode: bool = False) -> tuple[int, list[Any]]:
+    """Send `commands` through a Redis client of the job's own, kept for the process's life as a task
+    module would keep it; its connection's CLIENT ID, and the replies."""
+    client = OWN_CLIENTS.setdefault((url, decode), Redis.from_url(url, decode_responses=decode))
+    return client.client_id(), [client.execute_command(*command) for command in commands]

@@ -7,7 +7,7 @@ import os
 import re
 import signal
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import rq
@@ -207,6 +207,33 @@ def test_the_horses_take_over_one_redis_connection_in_turn(connection: Redis) ->
     # The worker's own (RQ's command listener among them) and the one it keeps for its horses: 22 when each
     # horse opened its own.
     assert opened <= 3, opened
+
+
+def test_a_job_connecting_on_its_own_with_the_same_settings_takes_that_connection_over(
+    connection: Redis,
+) -> None:
+    """The one connection the worker keeps for its horses goes to the job's own client if that connects
+    first, to the same server and database as the same user; not to one that differs, and not on to the
+    next horse once a job left its session changed."""
+    kwargs = connection.connection_pool.connection_kwargs
+    server, db = f"redis://{kwargs['host']}:{kwargs['port']}", int(kwargs.get("db") or 0)
+    url, other_db = f"{server}/{db}", f"{server}/{db + 1}"
+    connection.set("compat:seen", "here")
+    calls = [
+        (url, [["GET", "compat:seen"]]),
+        (url, [["GET", "compat:seen"]], True),  # its own decoding: the same connection on the server
+        (other_db, [["GET", "compat:seen"]]),  # another database: a connection of its own
+        (url, [["SELECT", db + 1]]),  # leaves its session changed
+        (url, [["GET", "compat:seen"]]),  # a fresh connection, in the URL's database
+        (url, [["GET", "compat:seen"]]),
+    ]
+    queue = Queue("default", connection=connection)
+    jobs = [queue.enqueue(compat_jobs.with_own_client, *call) for call in calls]
+    ForkingWorker(["default"], connection=connection).work(burst=True)
+    ids, replies = zip(*(cast(tuple, job.return_value()) for job in jobs), strict=True)
+    assert replies == ([b"here"], ["here"], [None], [True], [b"here"], [b"here"])
+    assert ids[0] == ids[1] == ids[3] != ids[2]
+    assert ids[4] == ids[5] not in (ids[0], ids[2])
 
 
 @pytest.mark.parametrize(
