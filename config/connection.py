@@ -9,7 +9,7 @@ from typing import Any
 
 from redis import Redis
 from redis.connection import Connection
-from redis.exceptions import ConnectionError, RedisError, TimeoutError
+from redis.exceptions import ConnectionError, TimeoutError
 from redis.sentinel import SentinelConnectionPool
 from redis.utils import str_if_bytes
 
