@@ -94,16 +94,18 @@ def session(connection: Any) -> dict[str, str | None]:
 
 class HandedConnection:
     """A connection that a process keeps connected for its forked children (work-horses), one child at a
-    time: each takes it over as the one idle connection of `client`'s pool, or, if a job in it connects to
-    the same Redis with the same settings on its own first, as that connection's socket; instead of
-    opening one of its own (a connection's set-up costs Redis about what 6 claimed jobs do). The parent
-    never uses it."""
+    time, instead of each opening its own (a connection's set-up costs Redis about what 6 claimed jobs
+    do). One for the child's own use, which takes it over as the one idle connection of `client`'s pool;
+    one (`for_job`) for a job in it that connects to the same Redis with the same settings on its own,
+    which takes over its socket: a batch horse's claims and its jobs' own client each have one. The
+    parent never uses it."""
 
-    job_connection: Any = None  # in a child: the job's connection that took the socket over
+    job_connection: Any = None  # in a child, for_job: the job's connection that took the socket over
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis, for_job: bool = False) -> None:
         self.client = client
-        self.used = False  # in a child: whether it took the connection over (its pool, or a job's)
+        self.for_job = for_job
+        self.used = False  # in a child: whether it took the connection over
         pool: Any = client.connection_pool  # its connections' internals are used here
         self.connection = pool.make_connection()
         try:
@@ -116,7 +118,11 @@ class HandedConnection:
 
     def take_over(self) -> None:
         """In a child: the connection becomes its pool's, as if this process had opened it, the first time
-        the pool needs a new one."""
+        the pool needs a new one; for_job, a job's first connection of the same settings gets its socket."""
+        if self.for_job:
+            if type(self.connection) is Connection:  # plain TCP (an SSL connection wraps the socket it makes)
+                Connection._connect = self.socket_for_job(Connection._connect)  # type: ignore[method-assign]
+            return
         pool: Any = self.client.connection_pool  # its make_connection is replaced, once
         connection = self.connection
         pool._checkpid()  # the pool starts over, empty, in this process
@@ -124,8 +130,6 @@ class HandedConnection:
 
         def handed_first() -> Any:
             pool.make_connection = make_connection  # after this one, its own
-            if self.used:  # a job's connection has the socket
-                return make_connection()
             self.used = True
             connection.pid = os.getpid()
             if isinstance(pool, SentinelConnectionPool):  # the master it is connected to is the pool's
@@ -134,8 +138,6 @@ class HandedConnection:
             return connection
 
         pool.make_connection = handed_first
-        if type(connection) is Connection:  # plain TCP (an SSL connection wraps the socket it makes)
-            Connection._connect = self.socket_for_job(Connection._connect)  # type: ignore[method-assign]
 
     def socket_for_job(self, connect: Any) -> Any:
         """Connection._connect, which hands the socket over to the first connection this process makes
@@ -158,16 +160,18 @@ class HandedConnection:
         return socket_or_new
 
     def give_back(self) -> float | None:
-        """In that child, before it ends: the connection taken out of its pool; if the next child can take
-        it over (unused; or idle, on the socket it came with, no reply left unread, its session as it
-        came: same database, name, user, no subscription, transaction or tracking), when it needs its
+        """In that child, before it ends: the connection taken back from whoever took it; if the next child
+        can take it over (unused; or idle, on the socket it came with, no reply left unread, its session as
+        it came: same database, name, user, no subscription, transaction or tracking), when it needs its
         next health check (else None)."""
         pool, connection = self.client.connection_pool, self.connection
         with pool._lock:
             if not self.used:
-                del pool.make_connection
+                if not self.for_job:
+                    del pool.make_connection
+                self.used = True  # nobody in this child takes it from now on
                 return connection.next_health_check
-            if self.job_connection is not None:  # a job's: given back if no thread of it could use it
+            if self.for_job:  # a job's: given back if no thread of it could use it
                 if threading.active_count() > 1:
                     return None
                 connection = self.job_connection

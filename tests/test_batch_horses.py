@@ -65,11 +65,29 @@ def test_a_horse_runs_n_jobs_then_a_fresh_one_takes_over(
 def test_each_job_of_a_batch_sees_its_own_id_in_the_environment(
     connection: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("RQ_JOB_ID", raising=False)  # an in-process worker's test before this one sets it
     jobs = run(connection, monkeypatch, 100, *[(compat_jobs.rq_environment, (), {})] * 3)
     workers = {cast(tuple, job.return_value())[0] for job in jobs}
     assert len(workers) == 1 and None not in workers
     assert [cast(tuple, job.return_value())[1] for job in jobs] == [job.id for job in jobs]
     assert "RQ_JOB_ID" not in os.environ  # set in the horses only
+
+
+def test_a_batch_horse_and_its_jobs_own_client_each_take_over_a_connection_the_worker_keeps(
+    connection: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A horse's claims and a job's own client (connecting first) each take over one the worker keeps,
+    handed on from horse to horse: a fresh horse opens none."""
+    kwargs = connection.connection_pool.connection_kwargs
+    url = f"redis://{kwargs['host']}:{kwargs['port']}/{int(kwargs.get('db') or 0)}"
+    before = connection.info("stats")["total_connections_received"]
+    jobs = run(connection, monkeypatch, 3, *[(compat_jobs.with_own_client, (url, [["PING"]]), {})] * 9)
+    opened = connection.info("stats")["total_connections_received"] - before
+    assert [cast(tuple, job.return_value())[1] for job in jobs] == [[True]] * 9
+    assert len({cast(tuple, job.return_value())[0] for job in jobs}) == 1  # one connection on the server
+    # The worker's own (RQ's command listener among them) and the two it keeps; 3 more (one a horse) when
+    # it kept one only, taken by the job's client, and each horse's claims opened a connection of their own.
+    assert opened <= 4, opened
 
 
 def test_a_failure_keeps_the_horse_a_time_out_or_a_crash_replaces_it(

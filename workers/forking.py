@@ -53,7 +53,7 @@ class Report(NamedTuple):
     success: tuple[datetime | None, list[Any], str] | None  # the last job's plain one: end, result, function
     claimed: Claimed | None  # that job, if the horse claimed it (None: the one handed to it)
     counts: Counter[tuple[int, str]]  # runs it recorded and did not send (config/history.py's Tally)
-    handed: float | None = None  # its last: the handed connection given back, its next health check
+    handed: dict[bool, float] | None = None  # its last: kept connections it gave back: health checks due
 
 
 class ForkingWorker(FastWorker):
@@ -73,11 +73,12 @@ class ForkingWorker(FastWorker):
     _beats: OutageRetry | None = None  # the back-off of a job's heartbeats while Redis is away
     _kept: Horse | None = None  # the horse that ran the last job, alive, to run the next one
     _say_started: int | None = None  # in a spare horse: the pipe to say STARTED on, once its job starts
-    hand_connection = True  # a Redis connection kept for the horses, each taking it over in turn
-    _handed: HandedConnection | None = None
+    hand_connection = True  # Redis connections kept for the horses, each taking them over in turn
+    _handed: dict[bool, HandedConnection]  # the connections kept for the horses, by for_job
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._handed = {}
         # redis-py reads its own version from the package's files for each connection it opens (0.3 ms,
         # some 3 ms in a fresh horse): once, here, for the connections of every horse and its jobs.
         if not hasattr(redis.utils.get_lib_version, "cache_info"):
@@ -180,11 +181,13 @@ class ForkingWorker(FastWorker):
             if report.spent or kept.runs >= self.horse_jobs:
                 self.discard(kept)
                 kept = None
-        if kept is None:  # the horse is gone: its connection goes to the next, if it gave it back
-            if report and report.handed is not None and self._handed:
-                self._handed.taken_back(report.handed)
-            else:
-                self.drop_handed()
+        if kept is None:  # the horse is gone: each connection it gave back goes to the next
+            given = (report and report.handed) or {}
+            for for_job, handed in list(self._handed.items()):
+                if for_job in given:
+                    handed.taken_back(given[for_job])
+                else:
+                    self.drop_handed(for_job)
         self._spare = kept or self._spare
         if report:
             self._tally.counts.update(report.counts)
@@ -219,8 +222,8 @@ class ForkingWorker(FastWorker):
             # The wait's socket is the worker's: a process the job leaves behind must not hold it open
             # once the worker is gone (Redis would hand the next job to that wait: lost).
             close_inherited(self._waiting)
-            if handed:
-                handed.take_over()
+            for connection in handed:
+                connection.take_over()
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.setpgrp()
             os.close(jobs_write)
@@ -250,8 +253,9 @@ class ForkingWorker(FastWorker):
                 spare = True  # a next job comes to it waiting, as to a spare
                 done = self.run_handed(claimed, 0 if one_by_one else left - 1)
                 last = done.ran >= left or done.spent
-                if last and self._handed:
-                    done = done._replace(handed=self._handed.give_back())
+                if last:
+                    given = {for_job: handed.give_back() for for_job, handed in self._handed.items()}
+                    done = done._replace(handed={key: at for key, at in given.items() if at is not None})
                 report = pickle.dumps(done)
                 try:
                     write_all(reports, len(report).to_bytes(HEADER, "big") + report)
@@ -327,24 +331,26 @@ class ForkingWorker(FastWorker):
         self._horse_status = status
         return pid, status, rusage
 
-    def handed(self) -> HandedConnection | None:
-        """The connection for the next horse, connected now if it needs to be (None if Redis is away: the
-        horse connects itself)."""
-        if self._handed is None and self.hand_connection:
+    def handed(self) -> list[HandedConnection]:
+        """The connections for the next horse, its own and one for a job's own client, connected now if
+        they need to be (none if Redis is away: the horse connects itself)."""
+        if self.hand_connection and len(self._handed) < 2:
             try:
-                self._handed = HandedConnection(self.connection)
+                for for_job in (False, True):
+                    if for_job not in self._handed:
+                        self._handed[for_job] = HandedConnection(self.connection, for_job)
             except ResponseError:  # no CLIENT INFO (Redis before 6.2): each horse connects itself
                 self.hand_connection = False
             except (RedisError, OSError):
                 pass
-        return self._handed
+        return list(self._handed.values())
 
-    def drop_handed(self) -> None:
-        """Close the handed connection (a horse died with it, or Redis failed over): the next horse gets a new
-        one."""
-        handed, self._handed = self._handed, None
-        if handed:
-            handed.close()
+    def drop_handed(self, *for_job: bool) -> None:
+        """Close the handed connections (or the one named: a horse died with them, it didn't give one back,
+        or Redis failed over): the next horse gets new ones."""
+        for which in for_job or (False, True):
+            if handed := self._handed.pop(which, None):
+                handed.close()
 
     def stops_in_outage(self, exc: RedisError, outage: OutageRetry) -> bool:
         self.drop_handed()
