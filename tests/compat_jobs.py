@@ -64,6 +64,10 @@ def pid() -> int:
     return os.getpid()
 
 
+def parent() -> int:
+    return os.getppid()
+
+
 def rq_environment() -> tuple[str | None, str | None]:
     """What RQ's work-horse puts in the environment for a job: the worker's name and the job's id."""
     return os.environ.get("RQ_WORKER_ID"), os.environ.get("RQ_JOB_ID")

@@ -17,6 +17,7 @@ from redis import Redis
 
 from cli import cli
 from config.settings import PROJECT_ROOT
+from launcher.children import descendants
 
 NOT_COPIED = shutil.ignore_patterns(
     ".venv", ".git", "var", "__pycache__", ".hypothesis", ".mypy_cache", ".ruff_cache"
@@ -78,3 +79,16 @@ def wait_until(
 def blocked_clients(connection: Redis) -> list[dict[str, Any]]:
     """The clients of this Redis blocked waiting for a job (a worker's BLPOP or BLMOVE)."""
     return [client for client in connection.client_list() if client["cmd"] in ("blpop", "blmove")]
+
+
+def work_horses(worker: int) -> set[int]:
+    """A toolkit worker's work-horses (and what their jobs started): its descendants but its own children,
+    the fork server that forks the horses and RQ's scheduler."""
+    return {pid for pid in descendants(worker) if parent(pid) != worker}
+
+
+def parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -19,11 +19,10 @@ from rq.command import send_stop_job_command
 from rq.job import Job, JobStatus
 
 from config import ConfigError, get_settings, load_settings
-from launcher.children import descendants
 from launcher.redis_server import free_port
 from launcher.stack import Stack
 from tests import compat_jobs
-from tests.support import wait_until
+from tests.support import wait_until, work_horses
 from workers import BatchWorker
 
 WORKER = ("-m", "rq.cli", "worker", "-c", "config.rq", "-w", "workers.BatchWorker", "default")
@@ -145,7 +144,7 @@ def test_a_horse_killed_mid_job_fails_only_that_job(connection: Redis, processes
     first, second, victim = jobs
     worker = processes(*WORKER)
     wait_until(lambda: running(connection, victim), what="the long job to start")
-    horses = descendants(worker.pid)
+    horses = work_horses(worker.pid)
     assert first.return_value(refresh=True) in horses  # the same horse runs them all
     for pid in horses:
         os.kill(pid, signal.SIGKILL)

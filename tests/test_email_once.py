@@ -25,14 +25,14 @@ from jobs import enqueue
 from jobs.email import digest, send_email
 from jobs.email_records import NOT_AGAIN
 from jobs.errors import UpstreamError
-from launcher.children import descendants, kill_tree
+from launcher.children import kill_tree
 from launcher.dead_workers import release_jobs
 from launcher.redis_server import free_port
 from launcher.stack import WORKER_ARGS
 from ops.outcomes import wait_for
 from tests.sentinels import SentinelGroup
 from tests.smtp_servers import Scripted, Server
-from tests.support import blocked_clients, wait_until
+from tests.support import blocked_clients, wait_until, work_horses
 from tests.test_durable import detach, master, pair  # noqa: F401 - the fixtures, used below
 from tests.test_email import A, B, point_at
 
@@ -153,7 +153,7 @@ def test_a_run_killed_mid_send_is_not_sent_again_by_rqs_retry(
 
     killed_at = time.monotonic()
     if killed == "work-horse":
-        [horse] = wait_until(lambda: descendants(worker.pid), 5, "the work-horse")
+        [horse] = wait_until(lambda: work_horses(worker.pid), 5, "the work-horse")
         os.kill(horse, signal.SIGKILL)
         retried = wait_until(lambda: RETRY_LINE.search(log.read_text()), 30, "RQ's retry line")
         assert retried[1] == job.id and retried[2] == "2", log.read_text()

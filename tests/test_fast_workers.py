@@ -22,7 +22,7 @@ from launcher.children import descendants
 from launcher.dashboard import create_app
 from tests import compat_jobs
 from tests.outcomes import snapshot
-from tests.support import blocked_clients, python, wait_until
+from tests.support import blocked_clients, python, wait_until, work_horses
 from workers import ForkingWorker, InProcessWorker
 
 SUITE: dict[str, tuple[Any, tuple[Any, ...], dict[str, Any]]] = {
@@ -176,24 +176,48 @@ def test_each_job_gets_a_fresh_horse_and_a_spare_waits_while_idle(connection: Re
     """Fork per job, isolation kept: no two jobs share a process. While idle, the next horse is
     forked and waiting; if it dies, the next job gets a new one; stopping the worker ends it."""
     worker = start_worker_process(processes, "workers.ForkingWorker", "default")
-    spare = wait_until(lambda: descendants(worker.pid), what="the spare horse")
+    spare = wait_until(lambda: work_horses(worker.pid), what="the spare horse")
     queue = Queue("default", connection=connection)
     jobs = [queue.enqueue(compat_jobs.pid) for _ in range(3)]
     wait_until(lambda: all(job.get_status(refresh=True) == JobStatus.FINISHED for job in jobs))
     pids = {job.return_value() for job in jobs}
     assert len(pids) == 3 and worker.pid not in pids and spare & pids
 
-    killed = wait_until(lambda: descendants(worker.pid), what="a new spare")
+    killed = wait_until(lambda: work_horses(worker.pid), what="a new spare")
     for pid in killed:
         os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not killed & descendants(worker.pid), 5, "the spare to die")
     after_kill = queue.enqueue(compat_jobs.pid)
     wait_until(lambda: after_kill.get_status(refresh=True) == JobStatus.FINISHED, what="a job after the kill")
 
-    left = wait_until(lambda: descendants(worker.pid), what="the spare")
+    left = wait_until(lambda: work_horses(worker.pid), what="the spare")
     worker.terminate()
     assert worker.wait(10) == 0
     wait_until(lambda: not left & descendants(1), 5, "the spare to exit with the worker")
+
+
+def test_the_horses_come_from_a_fork_server_replaced_if_killed_and_ending_with_the_worker(
+    connection: Redis, processes: Any
+) -> None:
+    """The worker forks one process, which forks every horse (the worker, forked per job, copied each
+    page it wrote after each fork); killed, the next job gets a new one; it ends with the worker."""
+    worker = start_worker_process(processes, "workers.ForkingWorker", "default")
+    queue = Queue("default", connection=connection)
+
+    def parents(count: int) -> set[int]:
+        jobs = [queue.enqueue(compat_jobs.parent) for _ in range(count)]
+        wait_until(lambda: all(job.get_status(refresh=True) == JobStatus.FINISHED for job in jobs))
+        return {cast(int, job.return_value()) for job in jobs}
+
+    (server,) = parents(3)
+    assert server != worker.pid and server in descendants(worker.pid)
+    os.kill(server, signal.SIGKILL)
+    wait_until(lambda: server not in descendants(worker.pid), 5, "the fork server to die")
+    (new,) = parents(2)
+    assert new not in (server, worker.pid) and new in descendants(worker.pid)
+    worker.terminate()
+    assert worker.wait(10) == 0
+    wait_until(lambda: new not in descendants(1), 5, "the fork server to end with the worker")
 
 
 def test_the_horses_take_over_one_redis_connection_in_turn(connection: Redis) -> None:

@@ -12,10 +12,9 @@ import pytest
 from redis import Redis
 from rq import Queue, Retry
 
-from launcher.children import descendants
 from launcher.stack import WORKER_ARGS
 from ops.outcomes import wait_for
-from tests.support import blocked_clients, wait_until
+from tests.support import blocked_clients, wait_until, work_horses
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +28,7 @@ def test_a_job_rerun_after_its_horse_died_is_logged_as_retried_then_ok(
     wait_until(lambda: blocked_clients(connection), what="the worker")
     job = Queue("default", connection=connection).enqueue("tests.compat_jobs.sleep", 2, retry=Retry(max=1))
     wait_until(lambda: job.get_status(refresh=True) == "started", what="the job to start")
-    [horse] = wait_until(lambda: descendants(worker.pid), 5, "its horse")
+    [horse] = wait_until(lambda: work_horses(worker.pid), 5, "its horse")
     os.kill(horse, signal.SIGKILL)
 
     assert wait_for(job, timeout=30).status == "finished"

@@ -21,7 +21,8 @@ from rq.utils import now
 
 from config.settings import get_settings
 from workers.claims import SUSPENDED, Claimed, Success
-from workers.forking import ForkingWorker, Report
+from workers.forking import ForkingWorker
+from workers.horses import Report
 
 HEAD = struct.Struct("QI")  # the slot's write count (odd while a write is under way) and its length
 STOP_AT = HEAD.size  # one byte: the worker asks the horse to stop after its job

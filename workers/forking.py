@@ -13,10 +13,8 @@ import select
 import signal
 import sys
 import time
-from collections import Counter
 from contextlib import suppress
-from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NoReturn
 
 import redis.utils
 from redis.exceptions import RedisError, ResponseError
@@ -29,31 +27,8 @@ from config.connection import HandedConnection, close_inherited
 from config.outage import OutageRetry, is_outage
 from workers.base import FastWorker
 from workers.claims import Claimed, Success
-
-STOPS = {signal.SIGTERM, signal.SIGINT}  # what asks a worker to stop
-STARTED = b"S"  # what a work-horse says as it starts its job, before it reports the outcome
-HEADER = 8  # a report's length, before it: a horse that runs several jobs doesn't end each with its exit
-
-
-class Horse(NamedTuple):
-    """A forked work-horse waiting for its job: its pid, and the pipes to hand the job over and to
-    read the outcome back."""
-
-    pid: int
-    jobs: int  # -1: closed, it exits after its job
-    reports: int
-    runs: int = 0  # jobs it ran so far
-
-
-class Report(NamedTuple):
-    """What a horse sends back once it has run the job handed to it (and those it claimed after it)."""
-
-    ran: int  # jobs
-    spent: bool  # to be replaced: it grew past horse_growth_mb, or a job timed out in it
-    success: tuple[datetime | None, list[Any], str] | None  # the last job's plain one: end, result, function
-    claimed: Claimed | None  # that job, if the horse claimed it (None: the one handed to it)
-    counts: Counter[tuple[int, str]]  # runs it recorded and did not send (config/history.py's Tally)
-    handed: dict[bool, float] | None = None  # its last: kept connections it gave back: health checks due
+from workers.fork_server import ForkServer, exit_status
+from workers.horses import HEADER, STARTED, Horse, HorseRequest, Report, read_exactly, reported, write_all
 
 
 class ForkingWorker(FastWorker):
@@ -67,18 +42,21 @@ class ForkingWorker(FastWorker):
     _spare: Horse | None = None
     _rehearsal: Claimed | None = None
     _horse: Horse
-    _horse_exit: int | None = None  # a pidfd: readable once the horse has exited
+    _horse_exit: int | None = None  # the running horse's exit pipe
     _report: bytearray | None = None
     _horse_status: int | None = None
     _beats: OutageRetry | None = None  # the back-off of a job's heartbeats while Redis is away
     _kept: Horse | None = None  # the horse that ran the last job, alive, to run the next one
     _say_started: int | None = None  # in a spare horse: the pipe to say STARTED on, once its job starts
     hand_connection = True  # Redis connections kept for the horses, each taking them over in turn
-    _handed: dict[bool, HandedConnection]  # the connections kept for the horses, by for_job
+    _handed: dict[bool, HandedConnection]  # in the fork server: the connections kept, by for_job
+    _given: dict[bool, float] | None = None  # the kept ones the next horse may take over (None: no news)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._handed = {}
+        self._job_modules: set[str] = set()
+        self.forks = ForkServer(self.start_serving, self.prepare_horse, self.run_horse)
         # redis-py reads its own version from the package's files for each connection it opens (0.3 ms,
         # some 3 ms in a fresh horse): once, here, for the connections of every horse and its jobs.
         if not hasattr(redis.utils.get_lib_version, "cache_info"):
@@ -99,7 +77,6 @@ class ForkingWorker(FastWorker):
     def get_ready(self) -> None:
         if self._spare is None:
             self._spare = self.fork_horse(spare=True)
-            self.rehearse()
 
     def send(self, horse: Horse, claimed: Claimed) -> Horse:
         """Hand the job to the horse, with how many more it may claim after it; the pipe that brings it
@@ -113,9 +90,9 @@ class ForkingWorker(FastWorker):
         return horse._replace(jobs=-1)
 
     def rehearse(self) -> None:
-        """Go through the start of a job (the last one) without running it. After a fork, the first
-        write to each page the two processes share makes a copy of it: done while idle, those copies
-        are not made on the next job's way in (a millisecond or so here, in each process)."""
+        """In a spare horse: go through the start of a job (the last one) without running it. After a
+        fork, the first write to each page it shares with the fork server makes a copy of it: done while
+        idle, those copies are not made on the next job's way in (a millisecond or so here)."""
         if self._rehearsal is None:
             return
         self._step([], [0, 0])  # a round trip that writes nothing
@@ -145,13 +122,14 @@ class ForkingWorker(FastWorker):
     def perform(self, job: Job, queue: Queue, execution: Execution) -> Success | None:
         horse, self._report = self._horse, bytearray()
         self.procline(f"Horse {horse.pid} running {job.id} since {time.time()}")
-        self._horse_exit = os.pidfd_open(horse.pid)
+        self._horse_exit = horse.exit
         try:
             self.monitor_work_horse(*self.watch(job, queue, execution))
         finally:
-            os.close(self._horse_exit)
+            self._horse_exit = None
             if self._kept is None:
                 os.close(horse.reports)
+                os.close(horse.exit)
         report = self.take_report()
         if report is None or report.success is None:
             return None
@@ -160,10 +138,7 @@ class ForkingWorker(FastWorker):
             job, queue = self.adopt(report.claimed)
             execution = self.executions[report.claimed.execution_id]
         job.ended_at, fields, func_name = report.success
-        module = func_name.rpartition(".")[0]
-        if module not in sys.modules:
-            with suppress(Exception):  # import it here, once, for every later horse
-                importlib.import_module(module)
+        self._job_modules.add(func_name.rpartition(".")[0])  # the fork server imports it, for later horses
         return Success(job, queue, execution, fields)
 
     def watch(self, job: Job, queue: Queue, execution: Execution) -> tuple[Job, Queue, Execution]:
@@ -183,11 +158,7 @@ class ForkingWorker(FastWorker):
                 kept = None
         if kept is None:  # the horse is gone: each connection it gave back goes to the next
             given = (report and report.handed) or {}
-            for for_job, handed in list(self._handed.items()):
-                if for_job in given:
-                    handed.taken_back(given[for_job])
-                else:
-                    self.drop_handed(for_job)
+            self._given = {key: at for key, at in given.items() if self._given is None or key in self._given}
         self._spare = kept or self._spare
         if report:
             self._tally.counts.update(report.counts)
@@ -209,33 +180,51 @@ class ForkingWorker(FastWorker):
             self._beats = None  # a next outage starts the back-off over
 
     def fork_horse(self, spare: bool) -> Horse:
-        """A horse waiting for its job; a spare one (forked while idle) rehearses, and says when it
-        starts the job."""
-        handed = self.handed()
+        """A horse waiting for its job, forked by the fork server; a spare one (forked while idle)
+        rehearses, and says when it starts the job."""
         jobs_read, jobs_write = os.pipe()
         reports_read, reports_write = os.pipe()
-        # A stop asked for while the fork runs would be raised inside the fork's own hooks, where
-        # Python drops it ("Exception ignored"): the worker ran on. Held back, it arrives just after.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
-        pid = os.fork()
-        if pid == 0:
-            # The wait's socket is the worker's: a process the job leaves behind must not hold it open
-            # once the worker is gone (Redis would hand the next job to that wait: lost).
-            close_inherited(self._waiting)
-            for connection in handed:
-                connection.take_over()
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            os.setpgrp()
+        request = HorseRequest(spare, self._rehearsal, self._given, tuple(self._job_modules))
+        try:
+            pid, exit_pipe = self.forks.fork(request, [jobs_read, reports_write], [jobs_write, reports_read])
+        except BaseException:
             os.close(jobs_write)
             os.close(reports_read)
-            self.main_work_horse_on(jobs_read, reports_write, spare)
-        os.close(jobs_read)
-        os.close(reports_write)
-        horse = Horse(pid, jobs_write, reports_read)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        return horse
+            raise
+        self._given = None  # news of them comes with this horse's last report
+        return Horse(pid, jobs_write, reports_read, exit_pipe)
 
-    def main_work_horse_on(self, jobs: int, reports: int, spare: bool) -> None:
+    def start_serving(self) -> None:
+        """In the fork server, as it starts."""
+        # The wait's socket is the worker's: a process the job leaves behind must not hold it open once
+        # the worker is gone (Redis would hand the next job to that wait: lost).
+        close_inherited(self._waiting)
+
+    def prepare_horse(self, request: HorseRequest) -> None:
+        """In the fork server, before it forks a horse: the kept connections the last horse didn't give
+        back replaced, the job modules seen imported."""
+        self._rehearsal = request.rehearsal
+        for for_job, handed in list(self._handed.items()):
+            if request.given is None:
+                break
+            if for_job in request.given:
+                handed.taken_back(request.given[for_job])
+            else:
+                self._handed.pop(for_job).close()
+        for module in request.modules:
+            if module not in sys.modules:
+                with suppress(Exception):
+                    importlib.import_module(module)
+        self.handed()
+
+    def run_horse(self, request: HorseRequest, jobs: int, reports: int) -> NoReturn:
+        """A new horse, forked by the fork server."""
+        for connection in self._handed.values():
+            connection.take_over()
+        os.setpgrp()
+        self.main_work_horse_on(jobs, reports, request.spare)
+
+    def main_work_horse_on(self, jobs: int, reports: int, spare: bool) -> NoReturn:
         """The horse: wait for a job, run it (and those it may claim after it), report (a plain success
         to the worker to record; anything else it handles as RQ), and wait for the next, until it ran
         its `horse_jobs` or the worker closes the pipe (it stopped or died)."""
@@ -327,9 +316,9 @@ class ForkingWorker(FastWorker):
                 while chunk := os.read(reports, 65536):
                     self._report += chunk
             break
-        pid, status, rusage = super().wait_for_horse()
+        status, rusage = exit_status(horse.exit, horse.pid)
         self._horse_status = status
-        return pid, status, rusage
+        return horse.pid, status, rusage
 
     def handed(self) -> list[HandedConnection]:
         """The connections for the next horse, its own and one for a job's own client, connected now if
@@ -345,12 +334,10 @@ class ForkingWorker(FastWorker):
                 pass
         return list(self._handed.values())
 
-    def drop_handed(self, *for_job: bool) -> None:
-        """Close the handed connections (or the one named: a horse died with them, it didn't give one back,
-        or Redis failed over): the next horse gets new ones."""
-        for which in for_job or (False, True):
-            if handed := self._handed.pop(which, None):
-                handed.close()
+    def drop_handed(self) -> None:
+        """The next horse gets new connections, not those kept (a horse died with them, or Redis failed
+        over): the fork server closes them."""
+        self._given = {}
 
     def stops_in_outage(self, exc: RedisError, outage: OutageRetry) -> bool:
         self.drop_handed()
@@ -361,35 +348,16 @@ class ForkingWorker(FastWorker):
             super().kill_horse(sig)
 
     def discard(self, horse: Horse) -> None:
-        """Kill a horse that has no job (it has nothing to lose), and close its pipes."""
+        """Kill a horse that has no job (it has nothing to lose), wait for its end, and close its pipes."""
         with suppress(ProcessLookupError):
             os.kill(horse.pid, signal.SIGKILL)
-        os.waitpid(horse.pid, 0)
-        os.close(horse.jobs)
-        os.close(horse.reports)
+        exit_status(horse.exit, horse.pid)
+        for fd in (horse.jobs, horse.reports, horse.exit):
+            os.close(fd)
 
     def teardown(self) -> None:
         spare, self._spare = self._spare, None
         if spare:
             self.discard(spare)
-        self.drop_handed()
+        self.forks.stop()
         super().teardown()
-
-
-def reported(report: bytearray) -> bool:
-    """Whether a horse's report is whole: its length, then that many bytes."""
-    return len(report) >= HEADER and len(report) - HEADER == int.from_bytes(report[:HEADER], "big")
-
-
-def write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
-
-
-def read_exactly(fd: int, size: int) -> bytes:
-    """`size` bytes from a pipe, or fewer if it ends first."""
-    chunks, left = [], size
-    while left and (chunk := os.read(fd, min(left, 65536))):
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)

@@ -1,0 +1,65 @@
+"""What passes between a forking worker, its fork server and its work-horses: a horse as the worker holds
+it, what the server needs to fork one, what a horse reports back, and how messages are framed on the
+pipes between them (workers/forking.py)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from workers.claims import Claimed
+
+STARTED = b"S"  # what a work-horse says as it starts its job, before it reports the outcome
+HEADER = 8  # a report's length, before it: a horse that runs several jobs doesn't end each with its exit
+
+
+class Horse(NamedTuple):
+    """A forked work-horse waiting for its job: its pid, and the pipes to hand the job over, to read the
+    outcome back, and to learn its exit status."""
+
+    pid: int
+    jobs: int  # -1: closed, it exits after its job
+    reports: int
+    exit: int  # readable once it has exited (workers/fork_server.py)
+    runs: int = 0  # jobs it ran so far
+
+
+class HorseRequest(NamedTuple):
+    """What the fork server needs for a horse beyond its copy of the worker as it started."""
+
+    spare: bool  # forked while idle: it rehearses the last job's start, and says when its job starts
+    rehearsal: Claimed | None
+    given: dict[bool, float] | None  # the kept connections the last horse gave back (None: no news)
+    modules: tuple[str, ...]  # job modules to have imported, for every later horse
+
+
+class Report(NamedTuple):
+    """What a horse sends back once it has run the job handed to it (and those it claimed after it)."""
+
+    ran: int  # jobs
+    spent: bool  # to be replaced: it grew past horse_growth_mb, or a job timed out in it
+    success: tuple[datetime | None, list[Any], str] | None  # the last job's plain one: end, result, function
+    claimed: Claimed | None  # that job, if the horse claimed it (None: the one handed to it)
+    counts: Counter[tuple[int, str]]  # runs it recorded and did not send (config/history.py's Tally)
+    handed: dict[bool, float] | None = None  # its last: kept connections it gave back: health checks due
+
+
+def reported(report: bytearray) -> bool:
+    """Whether a horse's report is whole: its length, then that many bytes."""
+    return len(report) >= HEADER and len(report) - HEADER == int.from_bytes(report[:HEADER], "big")
+
+
+def write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def read_exactly(fd: int, size: int) -> bytes:
+    """`size` bytes from a pipe, or fewer if it ends first."""
+    chunks, left = [], size
+    while left and (chunk := os.read(fd, min(left, 65536))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
