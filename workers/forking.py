@@ -32,10 +32,10 @@ from workers.horses import HEADER, STARTED, Horse, HorseRequest, Report, read_ex
 
 
 class ForkingWorker(FastWorker):
-    """Runs each job in a fresh work-horse forked for it (a crash, a leak or a memory cap stays in
-    there), monitored as RQ's Worker does: heartbeats, the kill after time-out + 60 s, stop commands.
-    While idle it keeps the next horse forked and waiting, so a job starts without waiting for a fork.
-    A horse sends a plain success back through a pipe, and the worker records it."""
+    """Runs each job in a fresh work-horse forked for it by its fork server (a crash, a leak or a
+    memory cap stays in there), monitored as RQ's Worker does: heartbeats, the kill after time-out + 60
+    s, stop commands. While idle it keeps the next horse forked and waiting, so a job starts without
+    waiting for a fork. A horse sends a plain success back through a pipe, and the worker records it."""
 
     horse_jobs = 1  # jobs a horse runs before a fresh one takes over
     one_by_one = False  # a horse runs only the jobs handed to it, claiming none itself
@@ -228,7 +228,7 @@ class ForkingWorker(FastWorker):
         """The horse: wait for a job, run it (and those it may claim after it), report (a plain success
         to the worker to record; anything else it handles as RQ), and wait for the next, until it ran
         its `horse_jobs` or the worker closes the pipe (it stopped or died)."""
-        gc.freeze()  # a collection now leaves the pages shared with the worker alone
+        gc.freeze()  # a collection now leaves the pages shared with the fork server alone
         self.setup_work_horse_signals()
         self._is_horse = True
         self._tally = history.Tally()  # the runs the worker counted are the worker's to send
