@@ -78,6 +78,8 @@ class Places:
         names = self.media.names(path)
         if not names:
             raise JobInputError(f"thumbnail: {path} is the media root itself, not an image")
+        if isinstance(path, str) and path.endswith("/"):  # as open() reads it: a folder's name
+            raise JobInputError(f"thumbnail: {self.media.display(names)}/ names a folder, not an image")
         if len(names[-1].encode()) > NAME_MAX - LONGEST_SUFFIX:
             raise JobInputError(
                 f"thumbnail: {self.media.display(names)}: a file name is over "

@@ -64,6 +64,10 @@ def pid() -> int:
     return os.getpid()
 
 
+def length(text: str) -> int:
+    return len(text)
+
+
 def parent() -> int:
     return os.getppid()
 

@@ -3,6 +3,7 @@ tools (`rq info`, `rq requeue`, rq-dashboard, stop commands) at home with the jo
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -218,6 +219,28 @@ def test_the_horses_come_from_a_fork_server_replaced_if_killed_and_ending_with_t
     worker.terminate()
     assert worker.wait(10) == 0
     wait_until(lambda: new not in descendants(1), 5, "the fork server to end with the worker")
+
+
+def test_a_job_larger_than_a_message_to_the_fork_server_runs(connection: Redis) -> None:
+    """The server's socket takes messages of some 200 kB: the job itself goes to the horse by pipe."""
+    queue = Queue("default", connection=connection)
+    text = base64.b64encode(os.urandom(300_000)).decode()  # RQ compresses a job's data: this stays big
+    jobs = [queue.enqueue(compat_jobs.length, text), queue.enqueue(compat_jobs.add, 1, 2)]
+    ForkingWorker(["default"], connection=connection).work(burst=True)
+    assert [job.return_value() for job in jobs] == [400_000, 3]
+
+
+def test_a_sigterm_to_the_workers_process_group_lets_the_running_job_finish(
+    connection: Redis, processes: Any
+) -> None:
+    """As `kill -TERM -PGID` (supervisord's stopasgroup, a container's init) sends it: the worker's warm
+    shutdown waits for the job, and the fork server, in the worker's group, lives on until then."""
+    worker = start_worker_process(processes, "workers.ForkingWorker", "default")
+    job = Queue("default", connection=connection).enqueue(compat_jobs.sleep, 1.5)
+    wait_until(lambda: job.get_status(refresh=True) == JobStatus.STARTED, what="the job to start")
+    os.killpg(worker.pid, signal.SIGTERM)
+    assert worker.wait(10) == 0
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
 
 
 def test_the_horses_take_over_one_redis_connection_in_turn(connection: Redis) -> None:

@@ -18,15 +18,25 @@ import signal
 import socket
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
-KILLED = signal.SIGKILL  # the wait status of a horse whose server died before it could say (a SIGKILL)
+KILLED = int(signal.SIGKILL)  # the wait status of a horse killed after its server died first
+STOPS = {signal.SIGTERM, signal.SIGINT}  # what asks a worker to stop
+
+
+class Forked(NamedTuple):
+    """A horse the server forked: its pid (and process group), a pidfd to signal it by (its pid may be
+    another process's once the server has reaped it), and the pipe that brings its exit status."""
+
+    pid: int
+    pidfd: int
+    exit: int
 
 
 class ForkServer:
     """Forks horses on request, in a process of its own started at the first request (and again if it
-    died); sends back each horse's pid, and its exit status (with its rusage) through a pipe of its own,
-    readable once the horse has exited."""
+    died); sends back each horse's pid and a pidfd, and its exit status (with its rusage) through a pipe
+    of its own, readable once the horse has exited."""
 
     def __init__(
         self, setup: Callable[[], None], prepare: Callable[[Any], None], run: Callable[..., NoReturn]
@@ -37,10 +47,9 @@ class ForkServer:
         self.socket: socket.socket | None = None
         self.pid = 0
 
-    def fork(self, request: Any, fds: list[int], held: list[int]) -> tuple[int, int]:
-        """A horse forked for `request`, which gets `fds` (closed here, as they were sent): its pid, and the
-        pipe that brings its exit status once it has ended. `held`: the other ends, which the server must
-        not hold (a pipe held open there would never end)."""
+    def fork(self, request: Any, fds: list[int], held: list[int]) -> Forked:
+        """A horse forked for `request`, which gets `fds` (closed here, as they were sent). `held`: the
+        other ends, which a server started now must not hold (a pipe held open there would never end)."""
         exit_read, exit_write = os.pipe()
         try:
             for attempt in (1, 2):  # a server that died is replaced, once
@@ -49,10 +58,11 @@ class ForkServer:
                 assert self.socket is not None
                 try:
                     socket.send_fds(self.socket, [pickle.dumps(request)], [*fds, exit_write])
-                    reply = self.socket.recv(64)
-                    if reply:
-                        return int(reply), exit_read
-                except OSError:
+                    reply, pidfds, _, _ = socket.recv_fds(self.socket, 64, 1)
+                    if reply and pidfds:
+                        os.set_inheritable(pidfds[0], False)
+                        return Forked(int(reply), pidfds[0], exit_read)
+                except (BrokenPipeError, ConnectionResetError):
                     if attempt == 2:
                         raise
                 self.stop()
@@ -66,17 +76,20 @@ class ForkServer:
                 os.close(fd)
 
     def start(self, inherited: list[int]) -> None:
-        """Fork the server, which closes the `inherited` fds."""
+        """Fork the server, which closes the `inherited` fds. A stop asked for meanwhile is held back: it
+        would be raised inside the fork's own hooks, where Python drops it."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
         pid = os.fork()
         if pid == 0:
             try:
                 ours.close()
                 for fd in inherited:
                     os.close(fd)
-                self.serve(theirs)
+                self.serve(theirs, mask)
             finally:
                 os._exit(1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         self.socket, self.pid = ours, pid
 
@@ -92,11 +105,13 @@ class ForkServer:
                 os.waitpid(self.pid, 0)
             self.pid = 0
 
-    def serve(self, requests: socket.socket) -> NoReturn:
+    def serve(self, requests: socket.socket, mask: Any) -> NoReturn:
         """The server: fork a horse per request, reap each horse and write its status to its exit pipe;
-        until the worker's end of the socket closes, or the worker ends."""
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker's to handle (a Ctrl-C reaches both)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        until the worker's end of the socket closes, or the worker ends. It ignores SIGINT and SIGTERM
+        (the worker's to handle, and a signal to the worker's process group reaches it too)."""
+        for stop in STOPS:
+            signal.signal(stop, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         worker = os.pidfd_open(os.getppid())
         self.setup()
         poller = select.poll()
@@ -107,47 +122,63 @@ class ForkServer:
             for fd, _ in poller.poll():
                 if fd == worker:
                     os._exit(0)
-                if fd != requests.fileno():
-                    pid, exit_pipe = exits.pop(fd)
+                if fd == requests.fileno():
+                    held = [worker, *exits, *(pipe for _, pipe in exits.values())]
+                    pidfd, pid, exit_pipe = self.fork_requested(requests, held)
+                    exits[pidfd] = pid, exit_pipe
+                    poller.register(pidfd, select.POLLIN)
+                else:
                     poller.unregister(fd)
-                    os.close(fd)
-                    _, status, rusage = os.wait4(pid, 0)
-                    with suppress(OSError):  # the worker closed it: it no longer waits for this one
-                        os.write(exit_pipe, pickle.dumps((status, rusage)))
-                    os.close(exit_pipe)
-                    continue
-                message, fds, _, _ = socket.recv_fds(requests, 1 << 20, 3)
-                if not message:
-                    os._exit(0)
-                request, exit_pipe = pickle.loads(message), fds.pop()
-                with suppress(Exception):  # what it prepares saves the horse time, no more
-                    self.prepare(request)
-                pid = os.fork()
-                if pid == 0:
-                    requests.close()
-                    os.close(worker)
-                    for pidfd, (_, pipe) in exits.items():
-                        os.close(pidfd)
-                        os.close(pipe)
-                    os.close(exit_pipe)
-                    self.run(request, *fds)
-                for sent in fds:
-                    os.close(sent)
-                pidfd = os.pidfd_open(pid)
-                exits[pidfd] = pid, exit_pipe
-                poller.register(pidfd, select.POLLIN)
-                requests.send(str(pid).encode())
+                    reap(fd, *exits.pop(fd))
+
+    def fork_requested(self, requests: socket.socket, held: list[int]) -> tuple[int, int, int]:
+        """In the server: fork the horse the next request asks for (or exit, if the worker's end closed),
+        and send back its pid and a pidfd; its pidfd, pid and exit pipe. `held`: fds the horse closes."""
+        message, fds, _, _ = socket.recv_fds(requests, 1 << 20, 3)
+        if not message:
+            os._exit(0)
+        for received in fds:  # as os.pipe() made them: not left open in what a job runs
+            os.set_inheritable(received, False)
+        request, exit_pipe = pickle.loads(message), fds.pop()
+        with suppress(Exception):  # what it prepares saves the horse time, no more
+            self.prepare(request)
+        pid = os.fork()
+        if pid == 0:
+            requests.close()
+            for fd in (*held, exit_pipe):
+                os.close(fd)
+            self.run(request, *fds)
+        with suppress(OSError):  # its own process group before the worker may signal it
+            os.setpgid(pid, pid)
+        for sent in fds:
+            os.close(sent)
+        pidfd = os.pidfd_open(pid)
+        socket.send_fds(requests, [str(pid).encode()], [pidfd])
+        return pidfd, pid, exit_pipe
 
 
-def exit_status(exit_pipe: int, pid: int) -> tuple[int, Any]:
+def reap(pidfd: int, pid: int, exit_pipe: int) -> None:
+    """In the server: reap a horse that ended, and write its status and rusage to its exit pipe."""
+    os.close(pidfd)
+    _, status, rusage = os.wait4(pid, 0)
+    with suppress(OSError):  # the worker closed it: it no longer waits for this one
+        os.write(exit_pipe, pickle.dumps((status, rusage)))  # one write: under PIPE_BUF
+    os.close(exit_pipe)
+
+
+def exit_status(exit_pipe: int, pidfd: int) -> tuple[int, Any]:
     """A horse's wait status and rusage, from its exit pipe (blocks until it ended). A server that died
     first sent none: the horse is killed (it may run on, if nothing made it die with the server)."""
-    data = b""
-    while chunk := os.read(exit_pipe, 65536):
-        data += chunk
-    if data:
+    if data := os.read(exit_pipe, 65536):
         status, rusage = pickle.loads(data)
         return status, rusage
     with suppress(ProcessLookupError):
-        os.killpg(pid, KILLED)
+        signal.pidfd_send_signal(pidfd, KILLED)
     return KILLED, None
+
+
+def ended(exit_pipe: int) -> bool:
+    """Whether a horse has ended (its status is there to read, or its server died)."""
+    poller = select.poll()
+    poller.register(exit_pipe, select.POLLIN)
+    return bool(poller.poll(0))

@@ -27,7 +27,7 @@ from config.connection import HandedConnection, close_inherited
 from config.outage import OutageRetry, is_outage
 from workers.base import FastWorker
 from workers.claims import Claimed, Success
-from workers.fork_server import ForkServer, exit_status
+from workers.fork_server import ForkServer, ended, exit_status
 from workers.horses import HEADER, STARTED, Horse, HorseRequest, Report, read_exactly, reported, write_all
 
 
@@ -50,11 +50,12 @@ class ForkingWorker(FastWorker):
     _say_started: int | None = None  # in a spare horse: the pipe to say STARTED on, once its job starts
     hand_connection = True  # Redis connections kept for the horses, each taking them over in turn
     _handed: dict[bool, HandedConnection]  # in the fork server: the connections kept, by for_job
-    _given: dict[bool, float] | None = None  # the kept ones the next horse may take over (None: no news)
+    _given: dict[bool, float]  # the kept ones the next horse may take over (those the last gave back)
+    _dropped = False  # since the last fork: the kept ones are not to be handed on, whatever comes back
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._handed = {}
+        self._handed, self._given = {}, {}
         self._job_modules: set[str] = set()
         self.forks = ForkServer(self.start_serving, self.prepare_horse, self.run_horse)
         # redis-py reads its own version from the package's files for each connection it opens (0.3 ms,
@@ -128,8 +129,7 @@ class ForkingWorker(FastWorker):
         finally:
             self._horse_exit = None
             if self._kept is None:
-                os.close(horse.reports)
-                os.close(horse.exit)
+                horse.close()
         report = self.take_report()
         if report is None or report.success is None:
             return None
@@ -156,9 +156,8 @@ class ForkingWorker(FastWorker):
             if report.spent or kept.runs >= self.horse_jobs:
                 self.discard(kept)
                 kept = None
-        if kept is None:  # the horse is gone: each connection it gave back goes to the next
-            given = (report and report.handed) or {}
-            self._given = {key: at for key, at in given.items() if self._given is None or key in self._given}
+        if kept is None and not self._dropped:  # the horse is gone: what it gave back goes to the next
+            self._given = (report and report.handed) or {}
         self._spare = kept or self._spare
         if report:
             self._tally.counts.update(report.counts)
@@ -184,15 +183,16 @@ class ForkingWorker(FastWorker):
         rehearses, and says when it starts the job."""
         jobs_read, jobs_write = os.pipe()
         reports_read, reports_write = os.pipe()
-        request = HorseRequest(spare, self._rehearsal, self._given, tuple(self._job_modules))
+        rehearsal = self._rehearsal if spare and small(self._rehearsal) else None
+        request = HorseRequest(spare, rehearsal, self._given, tuple(self._job_modules))
         try:
-            pid, exit_pipe = self.forks.fork(request, [jobs_read, reports_write], [jobs_write, reports_read])
+            forked = self.forks.fork(request, [jobs_read, reports_write], [jobs_write, reports_read])
         except BaseException:
             os.close(jobs_write)
             os.close(reports_read)
             raise
-        self._given = None  # news of them comes with this horse's last report
-        return Horse(pid, jobs_write, reports_read, exit_pipe)
+        self._given, self._dropped = {}, False  # handed on only if this horse gives them back
+        return Horse(forked.pid, forked.pidfd, jobs_write, reports_read, forked.exit)
 
     def start_serving(self) -> None:
         """In the fork server, as it starts."""
@@ -205,8 +205,6 @@ class ForkingWorker(FastWorker):
         back replaced, the job modules seen imported."""
         self._rehearsal = request.rehearsal
         for for_job, handed in list(self._handed.items()):
-            if request.given is None:
-                break
             if for_job in request.given:
                 handed.taken_back(request.given[for_job])
             else:
@@ -316,7 +314,7 @@ class ForkingWorker(FastWorker):
                 while chunk := os.read(reports, 65536):
                     self._report += chunk
             break
-        status, rusage = exit_status(horse.exit, horse.pid)
+        status, rusage = exit_status(horse.exit, horse.pidfd)
         self._horse_status = status
         return horse.pid, status, rusage
 
@@ -337,23 +335,26 @@ class ForkingWorker(FastWorker):
     def drop_handed(self) -> None:
         """The next horse gets new connections, not those kept (a horse died with them, or Redis failed
         over): the fork server closes them."""
-        self._given = {}
+        self._given, self._dropped = {}, True
 
     def stops_in_outage(self, exc: RedisError, outage: OutageRetry) -> bool:
         self.drop_handed()
         return super().stops_in_outage(exc, outage)
 
     def kill_horse(self, sig: Any = signal.SIGKILL) -> None:
-        if self.horse_pid:  # no horse: a stop command must not kill this process group
-            super().kill_horse(sig)
+        """RQ's (the horse's process group); not once the horse has ended: its fork server reaped it, and
+        its pid may be another process's."""
+        if not self.horse_pid:  # no horse: a stop command must not kill this process group
+            return
+        if self._horse_exit is None or not ended(self._horse_exit):  # (None: RQ's own horse, or a stop
+            super().kill_horse(sig)  # before perform())
 
     def discard(self, horse: Horse) -> None:
         """Kill a horse that has no job (it has nothing to lose), wait for its end, and close its pipes."""
         with suppress(ProcessLookupError):
-            os.kill(horse.pid, signal.SIGKILL)
-        exit_status(horse.exit, horse.pid)
-        for fd in (horse.jobs, horse.reports, horse.exit):
-            os.close(fd)
+            signal.pidfd_send_signal(horse.pidfd, signal.SIGKILL)
+        exit_status(horse.exit, horse.pidfd)
+        horse.close()
 
     def teardown(self) -> None:
         spare, self._spare = self._spare, None
@@ -361,3 +362,9 @@ class ForkingWorker(FastWorker):
             self.discard(spare)
         self.forks.stop()
         super().teardown()
+
+
+def small(claimed: Claimed | None) -> bool:
+    """Whether a claimed job's hash is small enough to send the fork server for a rehearsal (one message
+    on its socket holds some 200 kB: an email of 1 MB would not go)."""
+    return claimed is not None and sum(map(len, claimed.fields)) < 65536

@@ -20,10 +20,16 @@ class Horse(NamedTuple):
     outcome back, and to learn its exit status."""
 
     pid: int
+    pidfd: int  # to signal it by: once its fork server has reaped it, its pid may be another process's
     jobs: int  # -1: closed, it exits after its job
     reports: int
     exit: int  # readable once it has exited (workers/fork_server.py)
     runs: int = 0  # jobs it ran so far
+
+    def close(self) -> None:
+        for fd in (self.pidfd, self.jobs, self.reports, self.exit):
+            if fd != -1:
+                os.close(fd)
 
 
 class HorseRequest(NamedTuple):
@@ -31,7 +37,7 @@ class HorseRequest(NamedTuple):
 
     spare: bool  # forked while idle: it rehearses the last job's start, and says when its job starts
     rehearsal: Claimed | None
-    given: dict[bool, float] | None  # the kept connections the last horse gave back (None: no news)
+    given: dict[bool, float]  # the kept connections the last horse gave back: the others are closed
     modules: tuple[str, ...]  # job modules to have imported, for every later horse
 
 
