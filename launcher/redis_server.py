@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import random
 import shutil
 import socket
 import subprocess
@@ -35,10 +36,27 @@ def find_redis_server() -> str:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
+    """A TCP port on 127.0.0.1 that nothing holds right now, and none this process handed out before: below
+    the kernel's range for the local ports of outgoing connections, one of which could take a port from
+    that range before its server binds it (a sentinel test's replica failed so: address already in use)."""
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(1000):
+        port = random.randrange(10_000, max(first_ephemeral, 10_001))
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as sock:  # a crowded machine: any port the kernel gives
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+_handed_out: set[int] = set()
 
 
 def check_free(host: str, port: int, part: str, setting: str) -> None:
