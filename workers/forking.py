@@ -213,7 +213,7 @@ class ForkingWorker(FastWorker):
             if module not in sys.modules:
                 with suppress(Exception):
                     importlib.import_module(module)
-        self.handed()
+        self.keep_connections()
 
     def run_horse(self, request: HorseRequest, jobs: int, reports: int) -> NoReturn:
         """A new horse, forked by the fork server."""
@@ -318,9 +318,9 @@ class ForkingWorker(FastWorker):
         self._horse_status = status
         return horse.pid, status, rusage
 
-    def handed(self) -> list[HandedConnection]:
-        """The connections for the next horse, its own and one for a job's own client, connected now if
-        they need to be (none if Redis is away: the horse connects itself)."""
+    def keep_connections(self) -> None:
+        """In the fork server: the connections for the next horse, its own and one for a job's own client,
+        connected now if they need to be (none if Redis is away: the horse connects itself)."""
         if self.hand_connection and len(self._handed) < 2:
             try:
                 for for_job in (False, True):
@@ -330,7 +330,6 @@ class ForkingWorker(FastWorker):
                 self.hand_connection = False
             except (RedisError, OSError):
                 pass
-        return list(self._handed.values())
 
     def drop_handed(self) -> None:
         """The next horse gets new connections, not those kept (a horse died with them, or Redis failed
