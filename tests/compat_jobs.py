@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import Any
 
@@ -69,6 +70,12 @@ def length(text: str) -> int:
 
 
 def parent() -> int:
+    return os.getppid()
+
+
+def stop_parent() -> int:
+    """Stop the process that forked this one (SIGSTOP): a forking worker's fork server. Its pid."""
+    os.kill(os.getppid(), signal.SIGSTOP)
     return os.getppid()
 
 

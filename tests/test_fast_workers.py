@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import time
+from contextlib import suppress
 from typing import Any, cast
 
 import pytest
@@ -219,6 +220,24 @@ def test_the_horses_come_from_a_fork_server_replaced_if_killed_and_ending_with_t
     worker.terminate()
     assert worker.wait(10) == 0
     wait_until(lambda: new not in descendants(1), 5, "the fork server to end with the worker")
+
+
+def test_a_job_is_recorded_without_waiting_for_its_horse_to_be_reaped(
+    connection: Redis, processes: Any
+) -> None:
+    """Once a horse's report is whole, the worker goes on: the horse exits by itself, and its fork server
+    reaps it (here stopped by the job, so that the horse's exit status never comes while it is)."""
+    worker = start_worker_process(processes, "workers.ForkingWorker", "default")
+    job = Queue("default", connection=connection).enqueue(compat_jobs.stop_parent)
+    try:
+        wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 10, "the job recorded")
+    finally:
+        with suppress(ProcessLookupError):
+            for pid in descendants(worker.pid):
+                os.kill(pid, signal.SIGCONT)
+    assert job.return_value() in descendants(worker.pid)  # the fork server, alive
+    worker.terminate()
+    assert worker.wait(10) == 0
 
 
 def test_a_job_larger_than_a_message_to_the_fork_server_runs(connection: Redis) -> None:

@@ -154,7 +154,7 @@ class ForkingWorker(FastWorker):
         if kept and report:
             kept = kept._replace(runs=kept.runs + report.ran)
             if report.spent or kept.runs >= self.horse_jobs:
-                self.discard(kept)
+                self.discard(kept, wait=False)  # it exits by itself (a SIGKILL makes sure)
                 kept = None
         if kept is None and not self._dropped:  # the horse is gone: what it gave back goes to the next
             self._given = (report and report.handed) or {}
@@ -291,8 +291,9 @@ class ForkingWorker(FastWorker):
         return Report(ran, spent, done, claimed if success else None, self._tally.counts)
 
     def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
-        """Read the horse's report until it ends or the horse exits (a process the job started may
-        hold the pipe open), under RQ's monitoring alarm; then reap the horse."""
+        """Read the horse's report until it is whole (the horse then waits for its next job, or exits by
+        itself: this process goes on at once) or the horse exits (a process the job started may hold the
+        pipe open), under RQ's monitoring alarm; the exit status of one that exited first."""
         if self._report is None or self._horse_exit is None:  # RQ's path, or a stop before perform()
             return super().wait_for_horse()
         horse = self._horse
@@ -304,8 +305,9 @@ class ForkingWorker(FastWorker):
             if reports in {fd for fd, _ in poller.poll()}:
                 if chunk := os.read(reports, 65536):
                     self._report += chunk
-                    if horse.jobs != -1 and reported(self._report):  # it waits for its next job
-                        self._kept, self._horse_status = horse, os.EX_OK
+                    if reported(self._report):  # it waits for its next job, or exits unwaited for
+                        self._kept = horse if horse.jobs != -1 else None
+                        self._horse_status = os.EX_OK
                         return horse.pid, os.EX_OK, None
                     continue
                 break
@@ -348,11 +350,13 @@ class ForkingWorker(FastWorker):
         if self._horse_exit is None or not ended(self._horse_exit):  # (None: RQ's own horse, or a stop
             super().kill_horse(sig)  # before perform())
 
-    def discard(self, horse: Horse) -> None:
-        """Kill a horse that has no job (it has nothing to lose), wait for its end, and close its pipes."""
+    def discard(self, horse: Horse, wait: bool = True) -> None:
+        """Kill a horse that has no job (it has nothing to lose), wait for its end (or not: its fork server
+        reaps it), and close its pipes."""
         with suppress(ProcessLookupError):
             signal.pidfd_send_signal(horse.pidfd, signal.SIGKILL)
-        exit_status(horse.exit, horse.pidfd)
+        if wait:
+            exit_status(horse.exit, horse.pidfd)
         horse.close()
 
     def teardown(self) -> None:
