@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 from redis import Redis
@@ -71,6 +73,19 @@ def length(text: str) -> int:
 
 def parent() -> int:
     return os.getppid()
+
+
+def priority_and_siblings(seconds: float) -> tuple[int, int, dict[int, int]]:
+    """After `seconds` asleep: this process's pid and nice value, and the nice value of each other child
+    of its parent (a fork server's other horses)."""
+    time.sleep(seconds)
+    me, parent = os.getpid(), os.getppid()
+    siblings = {}
+    for pid in map(int, Path(f"/proc/{parent}/task/{parent}/children").read_text().split()):
+        with suppress(OSError):
+            siblings[pid] = os.getpriority(os.PRIO_PROCESS, pid)
+    siblings.pop(me, None)
+    return me, os.getpriority(os.PRIO_PROCESS, 0), siblings
 
 
 def stop_parent() -> int:

@@ -24,6 +24,7 @@ from launcher.stack import Stack
 from tests import compat_jobs
 from tests.support import wait_until, work_horses
 from workers import BatchWorker
+from workers.fork_server import LOWEST, may_raise_priority
 
 WORKER = ("-m", "rq.cli", "worker", "-c", "config.rq", "-w", "workers.BatchWorker", "default")
 
@@ -76,17 +77,30 @@ def test_a_batch_horse_and_its_jobs_own_client_each_take_over_a_connection_the_w
     connection: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A horse's claims and a job's own client (connecting first) each take over one the worker keeps,
-    handed on from horse to horse: a fresh horse opens none."""
+    handed on from horse to horse (two sets when a horse is forked while a batch runs): a fresh horse opens
+    none."""
     kwargs = connection.connection_pool.connection_kwargs
     url = f"redis://{kwargs['host']}:{kwargs['port']}/{int(kwargs.get('db') or 0)}"
     before = connection.info("stats")["total_connections_received"]
     jobs = run(connection, monkeypatch, 3, *[(compat_jobs.with_own_client, (url, [["PING"]]), {})] * 9)
     opened = connection.info("stats")["total_connections_received"] - before
     assert [cast(tuple, job.return_value())[1] for job in jobs] == [[True]] * 9
-    assert len({cast(tuple, job.return_value())[0] for job in jobs}) == 1  # one connection on the server
-    # The worker's own (RQ's command listener among them) and the two it keeps; 3 more (one a horse) when
-    # it kept one only, taken by the job's client, and each horse's claims opened a connection of their own.
-    assert opened <= 4, opened
+    assert len({cast(tuple, job.return_value())[0] for job in jobs}) <= 2  # a connection of each set
+    # The worker's own (RQ's command listener among them) and two sets of two it keeps; each horse's claims
+    # opened a connection of their own, and each job's client another, when the worker kept none.
+    assert opened <= 6, opened
+
+
+@pytest.mark.skipif(not may_raise_priority(), reason="this process may not raise its priority again")
+def test_the_next_horse_is_forked_while_a_batch_runs_at_the_lowest_priority_and_runs_its_jobs_at_ours(
+    connection: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = run(connection, monkeypatch, 2, *[(compat_jobs.priority_and_siblings, (0.2,), {})] * 4)
+    (first, own, _), (again, _, ahead), (second, *_), (fourth, *_) = [job.return_value() for job in jobs]
+    assert first == again != second == fourth
+    assert ahead == {second: LOWEST}  # forked during the first batch, waiting at the lowest priority
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert {cast(tuple, job.return_value())[1] for job in jobs} == {ours} != {LOWEST}
 
 
 def test_a_failure_keeps_the_horse_a_time_out_or_a_crash_replaces_it(

@@ -8,6 +8,7 @@ import mmap
 import resource
 import select
 import struct
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -21,9 +22,11 @@ from rq.utils import now
 
 from config.settings import get_settings
 from workers.claims import SUSPENDED, Claimed, Success
+from workers.fork_server import may_raise_priority
 from workers.forking import ForkingWorker
 from workers.horses import Report
 
+FORK_AHEAD_AFTER_MS = 5  # into a batch, the next horse is forked (the batch's first job has its CPU first)
 HEAD = struct.Struct("QI")  # the slot's write count (odd while a write is under way) and its length
 STOP_AT = HEAD.size  # one byte: the worker asks the horse to stop after its job
 START = STOP_AT + 1  # where the job's fields start
@@ -85,7 +88,9 @@ class BatchWorker(ForkingWorker):
     the horse's peak memory has grown `horse_growth_mb` (256) since its first job, or when it dies,
     which fails only the job it was running. The worker sees none of those claims: a slot of shared
     memory tells it the job to heartbeat, or to fail. A leak or a global changed reaches the rest of the
-    batch only."""
+    batch only. Where a process may raise its priority again (CAP_SYS_NICE, or RLIMIT_NICE), the next
+    horse is forked while a batch runs, at the lowest priority: it takes the CPU the batch leaves while
+    it waits for Redis, and is ready when the batch ends."""
 
     job_log_level = logging.DEBUG  # as InProcessWorker's: at INFO, its two lines were a sixth of a no-op job
     one_by_one = False  # RQ's --max-jobs counts the jobs handed over: then a horse claims none itself
@@ -148,6 +153,9 @@ class BatchWorker(ForkingWorker):
         assert self._horse_exit is not None
         for fd in (self._horse.reports, self._horse_exit):
             poller.register(fd, select.POLLIN)
+        if self._spare is None and may_raise_priority() and not poller.poll(FORK_AHEAD_AFTER_MS):
+            with suppress(OSError):  # (its fork server died, and this horse with it: seen below)
+                self._spare = self.fork_horse(spare=True)
         while not poller.poll(self.job_monitoring_interval * 1000):
             running = self.in_flight(job, queue, execution)
             if running is None:

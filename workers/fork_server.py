@@ -13,24 +13,32 @@ from __future__ import annotations
 
 import os
 import pickle
+import resource
 import select
 import signal
 import socket
 from collections.abc import Callable
 from contextlib import suppress
+from functools import cache
 from typing import Any, NamedTuple, NoReturn
 
+CAP_SYS_NICE = 23  # linux/capability.h
 KILLED = int(signal.SIGKILL)  # the wait status of a horse killed after its server died first
 STOPS = {signal.SIGTERM, signal.SIGINT}  # what asks a worker to stop
 
 
+LOWEST = 19  # the nice value a horse forked ahead of its job waits at (workers/forking.py)
+
+
 class Forked(NamedTuple):
     """A horse the server forked: its pid (and process group), a pidfd to signal it by (its pid may be
-    another process's once the server has reaped it), and the pipe that brings its exit status."""
+    another process's once the server has reaped it), the pipe that brings its exit status, and what the
+    server's `prepare` noted for it."""
 
     pid: int
     pidfd: int
     exit: int
+    note: Any
 
 
 class ForkServer:
@@ -39,10 +47,13 @@ class ForkServer:
     of its own, readable once the horse has exited."""
 
     def __init__(
-        self, setup: Callable[[], None], prepare: Callable[[Any], None], run: Callable[..., NoReturn]
+        self,
+        setup: Callable[[], None],
+        prepare: Callable[[Any], tuple[Any, int | None]],
+        run: Callable[..., NoReturn],
     ):
         self.setup = setup  # in the server as it starts
-        self.prepare = prepare  # in the server before each fork: the request
+        self.prepare = prepare  # in the server before each fork: the request -> a note, the horse's nice
         self.run = run  # in each horse: the request, and the fds sent with it
         self.socket: socket.socket | None = None
         self.pid = 0
@@ -58,10 +69,11 @@ class ForkServer:
                 assert self.socket is not None
                 try:
                     socket.send_fds(self.socket, [pickle.dumps(request)], [*fds, exit_write])
-                    reply, pidfds, _, _ = socket.recv_fds(self.socket, 64, 1)
+                    reply, pidfds, _, _ = socket.recv_fds(self.socket, 1 << 16, 1)
                     if reply and pidfds:
                         os.set_inheritable(pidfds[0], False)
-                        return Forked(int(reply), pidfds[0], exit_read)
+                        pid, note = pickle.loads(reply)
+                        return Forked(pid, pidfds[0], exit_read, note)
                 except (BrokenPipeError, ConnectionResetError):
                     if attempt == 2:
                         raise
@@ -140,21 +152,37 @@ class ForkServer:
         for received in fds:  # as os.pipe() made them: not left open in what a job runs
             os.set_inheritable(received, False)
         request, exit_pipe = pickle.loads(message), fds.pop()
-        with suppress(Exception):  # what it prepares saves the horse time, no more
-            self.prepare(request)
+        note, nice = self.prepare(request)
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        if nice is not None:  # the horse's, from its start (the server's again after the fork)
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
         pid = os.fork()
         if pid == 0:
             requests.close()
             for fd in (*held, exit_pipe):
                 os.close(fd)
             self.run(request, *fds)
+        if nice is not None:
+            os.setpriority(os.PRIO_PROCESS, 0, own)
         with suppress(OSError):  # its own process group before the worker may signal it
             os.setpgid(pid, pid)
         for sent in fds:
             os.close(sent)
         pidfd = os.pidfd_open(pid)
-        socket.send_fds(requests, [str(pid).encode()], [pidfd])
+        socket.send_fds(requests, [pickle.dumps((pid, note))], [pidfd])
         return pidfd, pid, exit_pipe
+
+
+@cache
+def may_raise_priority() -> bool:
+    """Whether this process (and its forks) may raise its priority back after lowering it: with
+    CAP_SYS_NICE (root, as a rule; not in a container that drops it), or an RLIMIT_NICE that allows it."""
+    with open("/proc/self/status") as status:
+        caps = next((line.split()[1] for line in status if line.startswith("CapEff:")), "0")
+    if int(caps, 16) & (1 << CAP_SYS_NICE):
+        return True
+    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+    return soft == resource.RLIM_INFINITY or 20 - soft <= os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def reap(pidfd: int, pid: int, exit_pipe: int) -> None:

@@ -17,18 +17,19 @@ from contextlib import suppress
 from typing import Any, NoReturn
 
 import redis.utils
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
 
 from config import history
-from config.connection import HandedConnection, close_inherited
+from config.connection import close_inherited
 from config.outage import OutageRetry, is_outage
 from workers.base import FastWorker
 from workers.claims import Claimed, Success
-from workers.fork_server import ForkServer, ended, exit_status
+from workers.fork_server import LOWEST, ForkServer, ended, exit_status, may_raise_priority
 from workers.horses import HEADER, STARTED, Horse, HorseRequest, Report, read_exactly, reported, write_all
+from workers.kept_connections import KeptConnections, Lent, Returned
 
 
 class ForkingWorker(FastWorker):
@@ -39,7 +40,8 @@ class ForkingWorker(FastWorker):
 
     horse_jobs = 1  # jobs a horse runs before a fresh one takes over
     one_by_one = False  # a horse runs only the jobs handed to it, claiming none itself
-    _spare: Horse | None = None
+    _spare: Horse | None = None  # a fresh horse forked ahead of its job
+    _resting: Horse | None = None  # a horse that ran jobs, waiting for its next (BatchWorker's)
     _rehearsal: Claimed | None = None
     _horse: Horse
     _horse_exit: int | None = None  # the running horse's exit pipe
@@ -47,15 +49,15 @@ class ForkingWorker(FastWorker):
     _horse_status: int | None = None
     _beats: OutageRetry | None = None  # the back-off of a job's heartbeats while Redis is away
     _kept: Horse | None = None  # the horse that ran the last job, alive, to run the next one
+    _lowered = False  # in a horse: it waits for its job at the lowest priority, to be raised as it comes
     _say_started: int | None = None  # in a spare horse: the pipe to say STARTED on, once its job starts
-    hand_connection = True  # Redis connections kept for the horses, each taking them over in turn
-    _handed: dict[bool, HandedConnection]  # in the fork server: the connections kept, by for_job
-    _given: dict[bool, float]  # the kept ones the next horse may take over (those the last gave back)
-    _dropped = False  # since the last fork: the kept ones are not to be handed on, whatever comes back
+    _handed: Lent = {}  # in a horse: the kept connections lent to it, to take over
+    _returned: Returned  # the kept connections of horses that ended, for the server with the next request
+    _drop_all = False  # the server is to close every kept connection at the next request
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._handed, self._given = {}, {}
+        self._returned = {}
         self._job_modules: set[str] = set()
         self.forks = ForkServer(self.start_serving, self.prepare_horse, self.run_horse)
         # redis-py reads its own version from the package's files for each connection it opens (0.3 ms,
@@ -76,7 +78,7 @@ class ForkingWorker(FastWorker):
         super().bootstrap(level, *args, **kwargs)
 
     def get_ready(self) -> None:
-        if self._spare is None:
+        if self._spare is None and self._resting is None:
             self._spare = self.fork_horse(spare=True)
 
     def send(self, horse: Horse, claimed: Claimed) -> Horse:
@@ -103,7 +105,11 @@ class ForkingWorker(FastWorker):
     def hand_over(self, claimed: Claimed) -> None:
         """Send the job to the waiting horse at once (or to one forked now)."""
         self._rehearsal = claimed
-        spare, self._spare = self._spare, None
+        spare = self._resting or self._spare
+        if spare is self._resting:
+            self._resting = None
+        else:
+            self._spare = None
         horse = spare or self.fork_horse(spare=False)
         try:
             horse = self.send(horse, claimed)
@@ -156,9 +162,9 @@ class ForkingWorker(FastWorker):
             if report.spent or kept.runs >= self.horse_jobs:
                 self.discard(kept, wait=False)  # it exits by itself (a SIGKILL makes sure)
                 kept = None
-        if kept is None and not self._dropped:  # the horse is gone: what it gave back goes to the next
-            self._given = (report and report.handed) or {}
-        self._spare = kept or self._spare
+        if kept is None:  # the horse is gone: what it gave back is lent to another
+            self._returned[self._horse.kept] = report and report.handed
+        self._resting = kept
         if report:
             self._tally.counts.update(report.counts)
         return report
@@ -184,41 +190,43 @@ class ForkingWorker(FastWorker):
         jobs_read, jobs_write = os.pipe()
         reports_read, reports_write = os.pipe()
         rehearsal = self._rehearsal if spare and small(self._rehearsal) else None
-        request = HorseRequest(spare, rehearsal, self._given, tuple(self._job_modules))
+        modules = tuple(self._job_modules)
+        request = HorseRequest(spare, rehearsal, self._returned, self._drop_all, modules)
         try:
             forked = self.forks.fork(request, [jobs_read, reports_write], [jobs_write, reports_read])
         except BaseException:
             os.close(jobs_write)
             os.close(reports_read)
             raise
-        self._given, self._dropped = {}, False  # handed on only if this horse gives them back
-        return Horse(forked.pid, forked.pidfd, jobs_write, reports_read, forked.exit)
+        self._returned, self._drop_all = {}, False
+        return Horse(forked.pid, forked.pidfd, jobs_write, reports_read, forked.exit, forked.note)
 
     def start_serving(self) -> None:
         """In the fork server, as it starts."""
         # The wait's socket is the worker's: a process the job leaves behind must not hold it open once
         # the worker is gone (Redis would hand the next job to that wait: lost).
         close_inherited(self._waiting)
+        self._kept_connections = KeptConnections(self.connection)
+        self._priority = os.getpriority(os.PRIO_PROCESS, 0)  # the worker's, and its horses' as they run
 
-    def prepare_horse(self, request: HorseRequest) -> None:
-        """In the fork server, before it forks a horse: the kept connections the last horse didn't give
-        back replaced, the job modules seen imported."""
+    def prepare_horse(self, request: HorseRequest) -> tuple[int, int | None]:
+        """In the fork server, before it forks a horse: the kept connections horses gave back taken back
+        (the others closed), the job modules seen imported, a set of kept connections lent to it. Its set's
+        id, and its nice value: a spare waits at the lowest, if it may raise its own as its job comes."""
         self._rehearsal = request.rehearsal
-        for for_job, handed in list(self._handed.items()):
-            if for_job in request.given:
-                handed.taken_back(request.given[for_job])
-            else:
-                self._handed.pop(for_job).close()
+        self._kept_connections.settle(request.returned, request.drop_all)
         for module in request.modules:
             if module not in sys.modules:
                 with suppress(Exception):
                     importlib.import_module(module)
-        self.keep_connections()
+        set_id, self._handed = self._kept_connections.lend()
+        return set_id, LOWEST if request.spare and may_raise_priority() else None
 
     def run_horse(self, request: HorseRequest, jobs: int, reports: int) -> NoReturn:
         """A new horse, forked by the fork server."""
         for connection in self._handed.values():
             connection.take_over()
+        self._lowered = request.spare and may_raise_priority()
         os.setpgrp()
         self.main_work_horse_on(jobs, reports, request.spare)
 
@@ -235,6 +243,9 @@ class ForkingWorker(FastWorker):
                 self.rehearse()
             while len(size := read_exactly(jobs, HEADER)) == HEADER:
                 claimed, left, one_by_one = pickle.loads(read_exactly(jobs, int.from_bytes(size, "big")))
+                if self._lowered:  # the job runs at the worker's priority
+                    os.setpriority(os.PRIO_PROCESS, 0, self._priority)
+                    self._lowered = False
                 self.executions.clear()
                 self._say_started = reports if spare else None
                 spare = True  # a next job comes to it waiting, as to a spare
@@ -320,23 +331,14 @@ class ForkingWorker(FastWorker):
         self._horse_status = status
         return horse.pid, status, rusage
 
-    def keep_connections(self) -> None:
-        """In the fork server: the connections for the next horse, its own and one for a job's own client,
-        connected now if they need to be (none if Redis is away: the horse connects itself)."""
-        if self.hand_connection and len(self._handed) < 2:
-            try:
-                for for_job in (False, True):
-                    if for_job not in self._handed:
-                        self._handed[for_job] = HandedConnection(self.connection, for_job)
-            except ResponseError:  # no CLIENT INFO (Redis before 6.2): each horse connects itself
-                self.hand_connection = False
-            except (RedisError, OSError):
-                pass
-
     def drop_handed(self) -> None:
         """The next horse gets new connections, not those kept (a horse died with them, or Redis failed
-        over): the fork server closes them."""
-        self._given, self._dropped = {}, True
+        over): the fork server closes them all, and the idle horses that hold some are let go."""
+        for idle in (self._spare, self._resting):
+            if idle is not None:
+                self.discard(idle)
+        self._spare = self._resting = None
+        self._returned, self._drop_all = {}, True
 
     def stops_in_outage(self, exc: RedisError, outage: OutageRetry) -> bool:
         self.drop_handed()
@@ -352,7 +354,8 @@ class ForkingWorker(FastWorker):
 
     def discard(self, horse: Horse, wait: bool = True) -> None:
         """Kill a horse that has no job (it has nothing to lose), wait for its end (or not: its fork server
-        reaps it), and close its pipes."""
+        reaps it), and close its pipes; the kept connections it had are closed."""
+        self._returned[horse.kept] = None
         with suppress(ProcessLookupError):
             signal.pidfd_send_signal(horse.pidfd, signal.SIGKILL)
         if wait:
@@ -360,9 +363,10 @@ class ForkingWorker(FastWorker):
         horse.close()
 
     def teardown(self) -> None:
-        spare, self._spare = self._spare, None
-        if spare:
-            self.discard(spare)
+        for idle in (self._spare, self._resting):
+            if idle is not None:
+                self.discard(idle)
+        self._spare = self._resting = None
         self.forks.stop()
         super().teardown()
 

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from workers.claims import Claimed
+from workers.kept_connections import Returned
 
 STARTED = b"S"  # what a work-horse says as it starts its job, before it reports the outcome
 HEADER = 8  # a report's length, before it: a horse that runs several jobs doesn't end each with its exit
@@ -24,6 +25,7 @@ class Horse(NamedTuple):
     jobs: int  # -1: closed, it exits after its job
     reports: int
     exit: int  # readable once it has exited (workers/fork_server.py)
+    kept: int  # the id of the set of kept connections lent to it (workers/kept_connections.py)
     runs: int = 0  # jobs it ran so far
 
     def close(self) -> None:
@@ -35,9 +37,10 @@ class Horse(NamedTuple):
 class HorseRequest(NamedTuple):
     """What the fork server needs for a horse beyond its copy of the worker as it started."""
 
-    spare: bool  # forked while idle: it rehearses the last job's start, and says when its job starts
+    spare: bool  # forked ahead of its job: it rehearses the last job's start, and says when its job starts
     rehearsal: Claimed | None
-    given: dict[bool, float]  # the kept connections the last horse gave back: the others are closed
+    returned: Returned  # the kept connections of horses that ended, to lend again or close
+    drop_all: bool  # close every kept connection first (Redis went away, or failed over)
     modules: tuple[str, ...]  # job modules to have imported, for every later horse
 
 
