@@ -78,6 +78,7 @@ def as_argument(typed: str, settings: Settings) -> str:
     if isinstance(settings.media_root, S3Location):
         return typed
     media_root, absolute = settings.media_root.resolve(), Path(os.path.abspath(typed))
-    return (
+    argument = (
         absolute.relative_to(media_root).as_posix() if absolute.is_relative_to(media_root) else str(absolute)
     )
+    return argument + "/" if typed.endswith("/") else argument  # a folder's name stays one

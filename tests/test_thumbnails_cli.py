@@ -50,6 +50,7 @@ def test_bad_paths_and_options_are_usage_errors(media: Media, connection: Redis)
     cases = {
         ("../private.jpg",): f"is outside the media root {media.root}",
         ("gone.jpg",): "no such file: gone.jpg",
+        ("ok.jpg/",): "ok.jpg/ names a folder, not an image",
         ("ok.jpg", "--size", "0"): "a size must be a whole number from 1 to 8192, got 0",
         ("ok.jpg", "--format", "gif"): "'gif' is not one of 'auto', 'jpeg', 'png', 'webp'",
         (): "Missing argument 'PATHS...'",
