@@ -155,7 +155,7 @@ class BatchWorker(ForkingWorker):
             poller.register(fd, select.POLLIN)
         if self._spare is None and may_raise_priority() and not poller.poll(FORK_AHEAD_AFTER_MS):
             with suppress(OSError):  # (its fork server died, and this horse with it: seen below)
-                self._spare = self.fork_horse(spare=True)
+                self.order_spare()
         while not poller.poll(self.job_monitoring_interval * 1000):
             running = self.in_flight(job, queue, execution)
             if running is None:

@@ -41,6 +41,19 @@ class Forked(NamedTuple):
     note: Any
 
 
+class ServerEnded(OSError):
+    """The fork server ended (killed?) before it forked what was asked."""
+
+
+class Order:
+    """A horse asked of the server without waiting for it: its exit pipe, and once its reply is read (in
+    the order they were sent), the horse."""
+
+    def __init__(self, exit_read: int) -> None:
+        self.exit_read = exit_read
+        self.forked: Forked | None = None
+
+
 class ForkServer:
     """Forks horses on request, in a process of its own started at the first request (and again if it
     died); sends back each horse's pid and a pidfd, and its exit status (with its rusage) through a pipe
@@ -57,35 +70,73 @@ class ForkServer:
         self.run = run  # in each horse: the request, and the fds sent with it
         self.socket: socket.socket | None = None
         self.pid = 0
+        self.orders: list[Order] = []  # sent, their replies not read yet
 
     def fork(self, request: Any, fds: list[int], held: list[int]) -> Forked:
         """A horse forked for `request`, which gets `fds` (closed here, as they were sent). `held`: the
         other ends, which a server started now must not hold (a pipe held open there would never end)."""
-        exit_read, exit_write = os.pipe()
         try:
             for attempt in (1, 2):  # a server that died is replaced, once
-                if self.socket is None:
-                    self.start([*fds, *held, exit_read, exit_write])
-                assert self.socket is not None
+                with suppress(OSError):
+                    for order in list(self.orders):  # their replies come first
+                        self.forked(order)
                 try:
-                    socket.send_fds(self.socket, [pickle.dumps(request)], [*fds, exit_write])
-                    reply, pidfds, _, _ = socket.recv_fds(self.socket, 1 << 16, 1)
-                    if reply and pidfds:
-                        os.set_inheritable(pidfds[0], False)
-                        pid, note = pickle.loads(reply)
-                        return Forked(pid, pidfds[0], exit_read, note)
-                except (BrokenPipeError, ConnectionResetError):
+                    return self.forked(self.send(request, fds, held))
+                except (BrokenPipeError, ConnectionResetError, ServerEnded):
                     if attempt == 2:
                         raise
-                self.stop()
-            raise OSError("the fork server ended without forking")
+            raise AssertionError  # (the loop returns or raises)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def order(self, request: Any, fds: list[int], held: list[int]) -> Order:
+        """Ask for a horse for `request` without waiting for it (`forked` reads the reply); `fds` and
+        `held` as in `fork`."""
+        try:
+            return self.send(request, fds, held)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def send(self, request: Any, fds: list[int], held: list[int]) -> Order:
+        """Send a request (the server started first if it isn't running): its order."""
+        exit_read, exit_write = os.pipe()
+        try:
+            if self.socket is None:
+                self.start([*fds, *held, exit_read, exit_write])
+            assert self.socket is not None
+            socket.send_fds(self.socket, [pickle.dumps(request)], [*fds, exit_write])
         except BaseException:
             os.close(exit_read)
+            self.stop()
             raise
         finally:
             os.close(exit_write)
-            for fd in fds:
-                os.close(fd)
+        order = Order(exit_read)
+        self.orders.append(order)
+        return order
+
+    def forked(self, order: Order) -> Forked:
+        """The horse of an order, once the replies before its own are read; ServerEnded if the server
+        ended first (all orders still out fail with it, their pipes closed)."""
+        while order.forked is None and order in self.orders:
+            first = self.orders[0]
+            assert self.socket is not None
+            try:
+                reply, pidfds, _, _ = socket.recv_fds(self.socket, 1 << 16, 1)
+            except ConnectionResetError:
+                reply, pidfds = b"", []
+            if not (reply and pidfds):
+                self.stop()
+                break
+            os.set_inheritable(pidfds[0], False)
+            pid, note = pickle.loads(reply)
+            first.forked = Forked(pid, pidfds[0], first.exit_read, note)
+            self.orders.pop(0)
+        if order.forked is None:
+            raise ServerEnded("the fork server ended without forking")
+        return order.forked
 
     def start(self, inherited: list[int]) -> None:
         """Fork the server, which closes the `inherited` fds. A stop asked for meanwhile is held back: it
@@ -106,7 +157,11 @@ class ForkServer:
         self.socket, self.pid = ours, pid
 
     def stop(self) -> None:
-        """End the server (its horses run on: they end themselves); a next request starts a new one."""
+        """End the server (its horses run on: they end themselves); a next request starts a new one. The
+        orders out fail."""
+        for order in self.orders:
+            os.close(order.exit_read)
+        self.orders = []
         if self.socket is not None:
             with suppress(OSError):  # (a process forked from the worker since may hold this socket too)
                 self.socket.shutdown(socket.SHUT_RDWR)

@@ -9,7 +9,6 @@ import importlib
 import logging
 import os
 import pickle
-import select
 import signal
 import sys
 import time
@@ -28,7 +27,18 @@ from config.outage import OutageRetry, is_outage
 from workers.base import FastWorker
 from workers.claims import Claimed, Success
 from workers.fork_server import LOWEST, ForkServer, ended, exit_status, may_raise_priority
-from workers.horses import HEADER, STARTED, Horse, HorseRequest, Report, read_exactly, reported, write_all
+from workers.horses import (
+    HEADER,
+    STARTED,
+    Horse,
+    HorseRequest,
+    Pending,
+    Report,
+    close_all,
+    read_exactly,
+    small,
+    write_all,
+)
 from workers.kept_connections import KeptConnections, Lent, Returned
 
 
@@ -40,7 +50,7 @@ class ForkingWorker(FastWorker):
 
     horse_jobs = 1  # jobs a horse runs before a fresh one takes over
     one_by_one = False  # a horse runs only the jobs handed to it, claiming none itself
-    _spare: Horse | None = None  # a fresh horse forked ahead of its job
+    _spare: Horse | Pending | None = None  # a fresh horse forked ahead of its job (or asked for)
     _resting: Horse | None = None  # a horse that ran jobs, waiting for its next (BatchWorker's)
     _rehearsal: Claimed | None = None
     _horse: Horse
@@ -49,7 +59,6 @@ class ForkingWorker(FastWorker):
     _horse_status: int | None = None
     _beats: OutageRetry | None = None  # the back-off of a job's heartbeats while Redis is away
     _kept: Horse | None = None  # the horse that ran the last job, alive, to run the next one
-    _lowered = False  # in a horse: it waits for its job at the lowest priority, to be raised as it comes
     _say_started: int | None = None  # in a spare horse: the pipe to say STARTED on, once its job starts
     _handed: Lent = {}  # in a horse: the kept connections lent to it, to take over
     _returned: Returned  # the kept connections of horses that ended, for the server with the next request
@@ -105,11 +114,12 @@ class ForkingWorker(FastWorker):
     def hand_over(self, claimed: Claimed) -> None:
         """Send the job to the waiting horse at once (or to one forked now)."""
         self._rehearsal = claimed
-        spare = self._resting or self._spare
+        spare = self._resting or self.spare_horse()
         if spare is self._resting:
             self._resting = None
-        else:
+        elif spare is not None:
             self._spare = None
+            spare.raise_priority()
         horse = spare or self.fork_horse(spare=False)
         try:
             horse = self.send(horse, claimed)
@@ -185,21 +195,50 @@ class ForkingWorker(FastWorker):
             self._beats = None  # a next outage starts the back-off over
 
     def fork_horse(self, spare: bool) -> Horse:
-        """A horse waiting for its job, forked by the fork server; a spare one (forked while idle)
+        """A horse waiting for its job, forked by the fork server; a spare one (forked ahead of its job)
         rehearses, and says when it starts the job."""
+        request, ours, theirs = self.horse_request(spare)
+        try:
+            forked = self.forks.fork(request, theirs, ours)
+        except BaseException:
+            close_all(ours)
+            raise
+        self._returned, self._drop_all = {}, False
+        return Horse.forked(forked, ours[0], ours[1])
+
+    def order_spare(self) -> None:
+        """Ask the fork server for a spare without waiting for it (`spare_horse` takes it when needed)."""
+        request, ours, theirs = self.horse_request(True)
+        try:
+            self._spare = Pending(self.forks.order(request, theirs, ours), ours[0], ours[1])
+        except BaseException:
+            close_all(ours)
+            raise
+        self._returned, self._drop_all = {}, False
+
+    def horse_request(self, spare: bool) -> tuple[HorseRequest, list[int], list[int]]:
+        """A horse's request to the fork server, and its pipes' ends: this process's, the horse's."""
         jobs_read, jobs_write = os.pipe()
         reports_read, reports_write = os.pipe()
         rehearsal = self._rehearsal if spare and small(self._rehearsal) else None
         modules = tuple(self._job_modules)
         request = HorseRequest(spare, rehearsal, self._returned, self._drop_all, modules)
+        return request, [jobs_write, reports_read], [jobs_read, reports_write]
+
+    def spare_horse(self) -> Horse | None:
+        """The spare, once the fork server has said it forked it (None if its server ended first)."""
+        pending = self._spare
+        if not isinstance(pending, Pending):
+            return pending
         try:
-            forked = self.forks.fork(request, [jobs_read, reports_write], [jobs_write, reports_read])
-        except BaseException:
-            os.close(jobs_write)
-            os.close(reports_read)
-            raise
-        self._returned, self._drop_all = {}, False
-        return Horse(forked.pid, forked.pidfd, jobs_write, reports_read, forked.exit, forked.note)
+            self._spare = spare = Horse.forked(
+                self.forks.forked(pending.order), pending.jobs, pending.reports
+            )
+        except OSError:
+            self._spare = None
+            close_all([pending.jobs, pending.reports])
+            return None
+        return spare
 
     def start_serving(self) -> None:
         """In the fork server, as it starts."""
@@ -207,7 +246,6 @@ class ForkingWorker(FastWorker):
         # the worker is gone (Redis would hand the next job to that wait: lost).
         close_inherited(self._waiting)
         self._kept_connections = KeptConnections(self.connection)
-        self._priority = os.getpriority(os.PRIO_PROCESS, 0)  # the worker's, and its horses' as they run
 
     def prepare_horse(self, request: HorseRequest) -> tuple[int, int | None]:
         """In the fork server, before it forks a horse: the kept connections horses gave back taken back
@@ -226,7 +264,6 @@ class ForkingWorker(FastWorker):
         """A new horse, forked by the fork server."""
         for connection in self._handed.values():
             connection.take_over()
-        self._lowered = request.spare and may_raise_priority()
         os.setpgrp()
         self.main_work_horse_on(jobs, reports, request.spare)
 
@@ -243,9 +280,6 @@ class ForkingWorker(FastWorker):
                 self.rehearse()
             while len(size := read_exactly(jobs, HEADER)) == HEADER:
                 claimed, left, one_by_one = pickle.loads(read_exactly(jobs, int.from_bytes(size, "big")))
-                if self._lowered:  # the job runs at the worker's priority
-                    os.setpriority(os.PRIO_PROCESS, 0, self._priority)
-                    self._lowered = False
                 self.executions.clear()
                 self._say_started = reports if spare else None
                 spare = True  # a next job comes to it waiting, as to a spare
@@ -308,25 +342,10 @@ class ForkingWorker(FastWorker):
         if self._report is None or self._horse_exit is None:  # RQ's path, or a stop before perform()
             return super().wait_for_horse()
         horse = self._horse
-        reports = horse.reports
-        poller = select.poll()
-        poller.register(reports, select.POLLIN)
-        poller.register(self._horse_exit, select.POLLIN)
-        while True:
-            if reports in {fd for fd, _ in poller.poll()}:
-                if chunk := os.read(reports, 65536):
-                    self._report += chunk
-                    if reported(self._report):  # it waits for its next job, or exits unwaited for
-                        self._kept = horse if horse.jobs != -1 else None
-                        self._horse_status = os.EX_OK
-                        return horse.pid, os.EX_OK, None
-                    continue
-                break
-            os.set_blocking(reports, False)  # the horse exited: take what it wrote, and no more
-            with suppress(BlockingIOError):
-                while chunk := os.read(reports, 65536):
-                    self._report += chunk
-            break
+        if horse.read_report(self._report):  # it waits for its next job, or exits unwaited for
+            self._kept = horse if horse.jobs != -1 else None
+            self._horse_status = os.EX_OK
+            return horse.pid, os.EX_OK, None
         status, rusage = exit_status(horse.exit, horse.pidfd)
         self._horse_status = status
         return horse.pid, status, rusage
@@ -334,7 +353,7 @@ class ForkingWorker(FastWorker):
     def drop_handed(self) -> None:
         """The next horse gets new connections, not those kept (a horse died with them, or Redis failed
         over): the fork server closes them all, and the idle horses that hold some are let go."""
-        for idle in (self._spare, self._resting):
+        for idle in (self.spare_horse(), self._resting):
             if idle is not None:
                 self.discard(idle)
         self._spare = self._resting = None
@@ -363,15 +382,9 @@ class ForkingWorker(FastWorker):
         horse.close()
 
     def teardown(self) -> None:
-        for idle in (self._spare, self._resting):
+        for idle in (self.spare_horse(), self._resting):
             if idle is not None:
                 self.discard(idle)
         self._spare = self._resting = None
         self.forks.stop()
         super().teardown()
-
-
-def small(claimed: Claimed | None) -> bool:
-    """Whether a claimed job's hash is small enough to send the fork server for a rehearsal (one message
-    on its socket holds some 200 kB: an email of 1 MB would not go)."""
-    return claimed is not None and sum(map(len, claimed.fields)) < 65536

@@ -5,11 +5,14 @@ pipes between them (workers/forking.py)."""
 from __future__ import annotations
 
 import os
+import select
 from collections import Counter
+from contextlib import suppress
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from workers.claims import Claimed
+from workers.fork_server import Forked, Order, ended, may_raise_priority
 from workers.kept_connections import Returned
 
 STARTED = b"S"  # what a work-horse says as it starts its job, before it reports the outcome
@@ -28,10 +31,48 @@ class Horse(NamedTuple):
     kept: int  # the id of the set of kept connections lent to it (workers/kept_connections.py)
     runs: int = 0  # jobs it ran so far
 
+    @classmethod
+    def forked(cls, forked: Forked, jobs: int, reports: int) -> Horse:
+        """The horse the fork server forked, with this process's ends of its pipes."""
+        return cls(forked.pid, forked.pidfd, jobs, reports, forked.exit, forked.note)
+
+    def raise_priority(self) -> None:
+        """A spare that waits at the lowest priority (workers/fork_server.py) runs its job at this
+        process's: raised before the job is sent (if still waiting for its CPU, it gets it at once); not
+        once its server reaped it (its pid may be another process's)."""
+        if may_raise_priority() and not ended(self.exit):
+            with suppress(OSError):  # (it died: the job's send finds out)
+                os.setpriority(os.PRIO_PROCESS, self.pid, os.getpriority(os.PRIO_PROCESS, 0))
+
+    def read_report(self, report: bytearray) -> bool:
+        """Read its report into `report` until it is whole (True), or until it exits (False: what it wrote
+        taken, no more; a process its job started may hold the pipe open)."""
+        poller = select.poll()
+        poller.register(self.reports, select.POLLIN)
+        poller.register(self.exit, select.POLLIN)
+        while self.reports in {fd for fd, _ in poller.poll()}:
+            if not (chunk := os.read(self.reports, 65536)):
+                return False
+            report += chunk
+            if reported(report):
+                return True
+        os.set_blocking(self.reports, False)
+        with suppress(BlockingIOError):
+            while chunk := os.read(self.reports, 65536):
+                report += chunk
+        return False
+
     def close(self) -> None:
-        for fd in (self.pidfd, self.jobs, self.reports, self.exit):
-            if fd != -1:
-                os.close(fd)
+        close_all([fd for fd in (self.pidfd, self.jobs, self.reports, self.exit) if fd != -1])
+
+
+class Pending(NamedTuple):
+    """A spare asked of the fork server, its reply not read yet: the order, and this process's ends of
+    the horse's pipes."""
+
+    order: Order
+    jobs: int
+    reports: int
 
 
 class HorseRequest(NamedTuple):
@@ -72,3 +113,14 @@ def read_exactly(fd: int, size: int) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def small(claimed: Claimed | None) -> bool:
+    """Whether a claimed job's hash is small enough to send the fork server for a rehearsal (one message
+    on its socket holds some 200 kB: an email of 1 MB would not go)."""
+    return claimed is not None and sum(map(len, claimed.fields)) < 65536

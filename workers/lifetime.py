@@ -23,4 +23,21 @@ def forks_die_with_this_process() -> None:
     dies. Without it, kill -9 of a worker leaves its scheduler running with the worker's blocked BLPOP
     connection still open: Redis hands the next job of those queues to that socket, which nobody reads,
     and the job is lost."""
-    os.register_at_fork(after_in_child=lambda: die_with_parent(signal.SIGKILL))
+    os.register_at_fork(before=note_parent, after_in_child=die_with_forking_parent)
+
+
+_forking = 0  # in a process about to fork: its pid
+
+
+def note_parent() -> None:
+    global _forking
+    _forking = os.getpid()
+
+
+def die_with_forking_parent() -> None:
+    """In a fork: SIGKILL when its parent dies, and at once if it died already (before the request: a
+    fork server killed as it forked a horse, which would have lived on, and run a job the worker could
+    no longer see end)."""
+    die_with_parent(signal.SIGKILL)
+    if os.getppid() != _forking:
+        os.kill(os.getpid(), signal.SIGKILL)
