@@ -25,8 +25,6 @@ from typing import Any, NamedTuple, NoReturn
 CAP_SYS_NICE = 23  # linux/capability.h
 KILLED = int(signal.SIGKILL)  # the wait status of a horse killed after its server died first
 STOPS = {signal.SIGTERM, signal.SIGINT}  # what asks a worker to stop
-
-
 LOWEST = 19  # the nice value a horse forked ahead of its job waits at (workers/forking.py)
 
 
@@ -77,9 +75,9 @@ class ForkServer:
         other ends, which a server started now must not hold (a pipe held open there would never end)."""
         try:
             for attempt in (1, 2):  # a server that died is replaced, once
-                with suppress(OSError):
-                    for order in list(self.orders):  # their replies come first
-                        self.forked(order)
+                if self.orders:  # their replies come first
+                    with suppress(OSError):
+                        self.forked(self.orders[-1])
                 try:
                     return self.forked(self.send(request, fds, held))
                 except (BrokenPipeError, ConnectionResetError, ServerEnded):
@@ -87,8 +85,7 @@ class ForkServer:
                         raise
             raise AssertionError  # (the loop returns or raises)
         finally:
-            for fd in fds:
-                os.close(fd)
+            close_all(fds)
 
     def order(self, request: Any, fds: list[int], held: list[int]) -> Order:
         """Ask for a horse for `request` without waiting for it (`forked` reads the reply); `fds` and
@@ -96,8 +93,7 @@ class ForkServer:
         try:
             return self.send(request, fds, held)
         finally:
-            for fd in fds:
-                os.close(fd)
+            close_all(fds)
 
     def send(self, request: Any, fds: list[int], held: list[int]) -> Order:
         """Send a request (the server started first if it isn't running): its order."""
@@ -159,8 +155,7 @@ class ForkServer:
     def stop(self) -> None:
         """End the server (its horses run on: they end themselves); a next request starts a new one. The
         orders out fail."""
-        for order in self.orders:
-            os.close(order.exit_read)
+        close_all([order.exit_read for order in self.orders])
         self.orders = []
         if self.socket is not None:
             with suppress(OSError):  # (a process forked from the worker since may hold this socket too)
@@ -238,6 +233,11 @@ def may_raise_priority() -> bool:
         return True
     soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
     return soft == resource.RLIM_INFINITY or 20 - soft <= os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def reap(pidfd: int, pid: int, exit_pipe: int) -> None:

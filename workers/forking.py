@@ -26,7 +26,7 @@ from config.connection import close_inherited
 from config.outage import OutageRetry, is_outage
 from workers.base import FastWorker
 from workers.claims import Claimed, Success
-from workers.fork_server import LOWEST, ForkServer, ended, exit_status, may_raise_priority
+from workers.fork_server import LOWEST, ForkServer, close_all, ended, exit_status, may_raise_priority
 from workers.horses import (
     HEADER,
     STARTED,
@@ -34,7 +34,6 @@ from workers.horses import (
     HorseRequest,
     Pending,
     Report,
-    close_all,
     read_exactly,
     small,
     write_all,

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from workers.claims import Claimed
-from workers.fork_server import Forked, Order, ended, may_raise_priority
+from workers.fork_server import Forked, Order, close_all, ended, may_raise_priority
 from workers.kept_connections import Returned
 
 STARTED = b"S"  # what a work-horse says as it starts its job, before it reports the outcome
@@ -113,11 +113,6 @@ def read_exactly(fd: int, size: int) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
-
-
-def close_all(fds: list[int]) -> None:
-    for fd in fds:
-        os.close(fd)
 
 
 def small(claimed: Claimed | None) -> bool:
