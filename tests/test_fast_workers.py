@@ -302,6 +302,33 @@ def test_a_job_connecting_on_its_own_with_the_same_settings_takes_that_connectio
     assert ids[4] == ids[5] not in (ids[0], ids[2])
 
 
+def test_a_job_client_on_a_kept_connection_repeats_its_handshake_only_where_it_differs(
+    connection: Redis,
+) -> None:
+    """A job's own client that takes over a kept connection set up as it would set up its own does not
+    say HELLO (and CLIENT SETINFO...) on it again; one with a name of its own does, and has its name."""
+    kwargs = connection.connection_pool.connection_kwargs
+    url = f"redis://{kwargs['host']}:{kwargs['port']}/{int(kwargs.get('db') or 0)}"
+    calls = [(url, [["INCR", "compat:n"]])] * 4 + [(f"{url}?client_name=mine", [["CLIENT", "GETNAME"]])]
+    queue = Queue("default", connection=connection)
+    jobs = [queue.enqueue(compat_jobs.with_own_client, *call) for call in calls]
+    before = hello_calls(connection), opened_in_all(connection)
+    ForkingWorker(["default"], connection=connection).work(burst=True)
+    hellos, opened = hello_calls(connection) - before[0], opened_in_all(connection) - before[1]
+    ids, replies = zip(*(cast(tuple, job.return_value()) for job in jobs), strict=True)
+    assert replies == ([1], [2], [3], [4], [b"mine"])
+    assert len(set(ids)) == 1  # one connection on the server, the named one's too (its name is a session's)
+    assert hellos == opened + 1, (hellos, opened)  # once per connection opened, and the named one's
+
+
+def hello_calls(connection: Redis) -> int:
+    return int(connection.info("commandstats").get("cmdstat_hello", {}).get("calls", 0))
+
+
+def opened_in_all(connection: Redis) -> int:
+    return int(connection.info("stats")["total_connections_received"])
+
+
 @pytest.mark.parametrize(
     ("leaving", "args"),
     [
