@@ -39,6 +39,7 @@ from workers.horses import (
     write_all,
 )
 from workers.kept_connections import KeptConnections, Lent, Returned
+from workers.prefault import WrittenPages
 
 
 class ForkingWorker(FastWorker):
@@ -67,6 +68,7 @@ class ForkingWorker(FastWorker):
         super().__init__(*args, **kwargs)
         self._returned = {}
         self._job_modules: set[str] = set()
+        self.pages = WrittenPages()  # before the fork server and its horses are forked
         self.forks = ForkServer(self.start_serving, self.prepare_horse, self.run_horse)
         # redis-py reads its own version from the package's files for each connection it opens (0.3 ms,
         # some 3 ms in a fresh horse): once, here, for the connections of every horse and its jobs.
@@ -101,14 +103,15 @@ class ForkingWorker(FastWorker):
         return horse._replace(jobs=-1)
 
     def rehearse(self) -> None:
-        """In a spare horse: go through the start of a job (the last one) without running it. After a
-        fork, the first write to each page it shares with the fork server makes a copy of it: done while
-        idle, those copies are not made on the next job's way in (a millisecond or so here)."""
-        if self._rehearsal is None:
-            return
-        self._step([], [0, 0])  # a round trip that writes nothing
-        self.adopt(self._rehearsal)
-        self.executions.clear()
+        """In a spare horse: go through the start of a job (the last one) without running it, and copy the
+        pages the last horse that noted them wrote. After a fork, the first write to each page it shares
+        with the fork server makes a copy of it: done while idle, those copies are not made on the next
+        job's way in (a millisecond or two here; workers/prefault.py)."""
+        if self._rehearsal is not None:
+            self._step([], [0, 0])  # a round trip that writes nothing
+            self.adopt(self._rehearsal)
+            self.executions.clear()
+        self.pages.populate()
 
     def hand_over(self, claimed: Claimed) -> None:
         """Send the job to the waiting horse at once (or to one forked now)."""
@@ -285,6 +288,7 @@ class ForkingWorker(FastWorker):
                 done = self.run_handed(claimed, 0 if one_by_one else left - 1)
                 last = done.ran >= left or done.spent
                 if last:
+                    self.pages.learn()
                     given = {for_job: handed.give_back() for for_job, handed in self._handed.items()}
                     done = done._replace(handed={key: at for key, at in given.items() if at is not None})
                 report = pickle.dumps(done)
