@@ -43,7 +43,10 @@ class WrittenPages:
         count, _, written = HEAD.unpack_from(self.memory)
         if count % 2 == 0 and time.time() - written < RELEARN_SECONDS:
             return
-        ranges = held_alone()[: (len(self.memory) - HEAD.size) // RANGE.size]
+        try:
+            ranges = held_alone(limit=(len(self.memory) - HEAD.size) // RANGE.size)
+        except OSError:  # no /proc/self/pagemap here (a sandbox?): nothing to note
+            return
         count += 1 + count % 2  # odd (after an odd one left by a horse killed as it wrote)
         HEAD.pack_into(self.memory, 0, count, 0, written)
         for at, (start, pages) in enumerate(ranges):
@@ -61,9 +64,9 @@ class WrittenPages:
                 return  # a kernel without it (before 5.14)
 
 
-def held_alone() -> list[tuple[int, int]]:
-    """The ranges (first address, pages) of this process's private writable pages that are present and
-    mapped by it alone: those it copied, or made, since its fork."""
+def held_alone(limit: int) -> list[tuple[int, int]]:
+    """The first `limit` ranges (first address, pages) of this process's private writable pages that are
+    present and mapped by it alone: those it copied, or made, since its fork."""
     ranges: list[tuple[int, int]] = []
     with open("/proc/self/maps") as maps, open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
         for line in maps:
@@ -79,6 +82,8 @@ def held_alone() -> list[tuple[int, int]]:
                 address = start + index * PAGE
                 if ranges and ranges[-1][0] + ranges[-1][1] * PAGE == address:
                     ranges[-1] = (ranges[-1][0], ranges[-1][1] + 1)
-                else:
+                elif len(ranges) < limit:
                     ranges.append((address, 1))
+                else:
+                    return ranges
     return ranges
