@@ -141,16 +141,17 @@ class HandedConnection:
 
     def socket_for_job(self, connect: Any) -> Any:
         """Connection._connect, which hands the socket over to the first connection this process makes
-        to the same server, database and user with the same socket options. Its own handshake (AUTH,
-        HELLO, CLIENT SETNAME, SETINFO...) follows as on a new socket, unless it would only repeat the
-        socket's (`same_handshake`): then its parser alone is set up (a millisecond in a fresh horse)."""
+        to the same server, database and user with the same protocol (a RESP2 client misreads the replies
+        of a RESP3 session) and socket options. Its own handshake (AUTH, HELLO, CLIENT SETNAME,
+        SETINFO...) follows as on a new socket, unless it would only repeat the socket's
+        (`same_handshake`): then its parser alone is set up (a millisecond in a fresh horse)."""
         handed = self.connection
 
         def socket_or_new(connection: Any) -> Any:
             same = type(connection) is Connection and all(
                 getattr(connection, name) == getattr(handed, name)
                 for name in ("host", "port", "db", "username", "password", "credential_provider")
-                + ("socket_type", "socket_keepalive", "socket_keepalive_options")
+                + ("protocol", "socket_type", "socket_keepalive", "socket_keepalive_options")
             )
             if self.used or not same:
                 return connect(connection)

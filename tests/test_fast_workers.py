@@ -285,6 +285,7 @@ def test_a_job_connecting_on_its_own_with_the_same_settings_takes_that_connectio
     server, db = f"redis://{kwargs['host']}:{kwargs['port']}", int(kwargs.get("db") or 0)
     url, other_db = f"{server}/{db}", f"{server}/{db + 1}"
     connection.set("compat:seen", "here")
+    connection.hset("compat:hash", "field", "value")
     calls = [
         (url, [["GET", "compat:seen"]]),
         (url, [["GET", "compat:seen"]], True),  # its own decoding: the same connection on the server
@@ -292,14 +293,16 @@ def test_a_job_connecting_on_its_own_with_the_same_settings_takes_that_connectio
         (url, [["SELECT", db + 1]]),  # leaves its session changed
         (url, [["GET", "compat:seen"]]),  # a fresh connection, in the URL's database
         (url, [["GET", "compat:seen"]]),
+        (f"{url}?protocol=2", [["HGETALL", "compat:hash"]]),  # RESP2: a RESP3 session's map is misread
     ]
     queue = Queue("default", connection=connection)
     jobs = [queue.enqueue(compat_jobs.with_own_client, *call) for call in calls]
     ForkingWorker(["default"], connection=connection).work(burst=True)
     ids, replies = zip(*(cast(tuple, job.return_value()) for job in jobs), strict=True)
-    assert replies == ([b"here"], ["here"], [None], [True], [b"here"], [b"here"])
+    assert replies == ([b"here"], ["here"], [None], [True], [b"here"], [b"here"], [{b"field": b"value"}])
     assert ids[0] == ids[1] == ids[3] != ids[2]
     assert ids[4] == ids[5] not in (ids[0], ids[2])
+    assert ids[6] not in ids[:6]
 
 
 def test_a_job_client_on_a_kept_connection_repeats_its_handshake_only_where_it_differs(
