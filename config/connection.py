@@ -82,14 +82,18 @@ def close_inherited(client: Redis) -> None:
 
 
 # What a job could leave changed on a connection (CLIENT INFO's fields), which the next one must not get.
-SESSION = ("name", "flags", "db", "sub", "psub", "ssub", "multi", "watch", "user", "redir", "resp")
+SESSION = tuple("name flags db sub psub ssub multi watch user redir resp lib-name lib-ver".split())
 
 
 def session(connection: Any) -> dict[str, str | None]:
-    """The state of a redis-py Connection's server session, as CLIENT INFO tells it (Redis 6.2+)."""
-    connection.send_command("CLIENT", "INFO")
+    """The state of a redis-py Connection's server session, as CLIENT INFO tells it (Redis 6.2+), with
+    its protocol as HELLO tells it (CLIENT INFO shows it from Redis 7.0 on): one round trip."""
+    connection.send_packed_command(connection.pack_commands([("CLIENT", "INFO"), ("HELLO",)]))
     fields = dict(item.split("=", 1) for item in str_if_bytes(connection.read_response()).split())
-    return {name: fields.get(name) for name in SESSION}
+    hello = connection.read_response()  # a map in RESP3, a flat list in RESP2
+    pairs = hello.items() if isinstance(hello, dict) else zip(hello[::2], hello[1::2], strict=True)
+    protocol = next((str(value) for key, value in pairs if str_if_bytes(key) == "proto"), None)
+    return {name: protocol if name == "resp" else fields.get(name) for name in SESSION}
 
 
 class HandedConnection:
@@ -175,8 +179,9 @@ class HandedConnection:
                     del pool.make_connection
                 self.used = True  # nobody in this child takes it from now on
                 return connection.next_health_check
-            if self.for_job:  # a job's: given back if no thread of it could use it
-                if threading.active_count() > 1:
+            if self.for_job:  # a job's: given back if no thread of it could use it, and if the next job's
+                # client may skip its handshake on it (this one's changed nothing that CLIENT INFO misses)
+                if threading.active_count() > 1 or not same_handshake(self.job_connection, connection):
                     return None
                 connection = self.job_connection
             elif connection not in pool._available_connections:  # in use (a thread?), or dropped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import mmap
 import os
@@ -15,8 +16,9 @@ from redis import Redis
 from rq import Queue
 
 from tests import compat_jobs
+from workers import prefault
 from workers.batch import BatchWorker
-from workers.prefault import HEAD, PAGE, RELEARN_SECONDS, WrittenPages
+from workers.prefault import HEAD, PAGE, RANGE, RELEARN_SECONDS, WrittenPages
 
 PAGES = 64
 NOTED, OTHERS = range(16), range(32, 48)
@@ -120,3 +122,34 @@ def test_a_batch_worker_s_horse_notes_what_it_wrote_as_it_ends(connection: Redis
     assert [job.return_value() for job in jobs] == [1 + n for n in range(5)]
     count, ranges, written = HEAD.unpack_from(worker.pages.memory)
     assert count == 2 and ranges > 10 and written > time.time() - 60
+
+
+def test_a_note_a_job_spoiled_or_from_the_future_harms_no_spare_and_is_written_again(
+    memory: mmap.mmap,
+) -> None:
+    """A horse's job can write the shared note (any job runs in a horse): a size past its end, a time
+    ahead (or a clock set back). A spare copies at most what fits, and the next horse to end notes anew."""
+    pages = WrittenPages()
+    in_fork(ends_after_writing(pages, memory, NOTED))
+    count = HEAD.unpack_from(pages.memory)[0]
+    HEAD.pack_into(pages.memory, 0, count, 0xFFFFFFFF, time.time() + 10 * RELEARN_SECONDS)
+    assert in_fork(spare(pages, memory))["held"] == list(range(PAGES))  # it ran to its job
+    in_fork(ends_after_writing(pages, memory, OTHERS))
+    assert HEAD.unpack_from(pages.memory)[0] == count + 2
+    assert in_fork(spare(pages, memory))["others"] <= 2
+
+
+def test_no_more_than_the_budget_is_noted_or_copied(
+    memory: mmap.mmap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a horse wrote (a job's gigabytes), at most MOST_PAGES are noted, and copied."""
+    monkeypatch.setattr(prefault, "MOST_PAGES", 8)
+    pages = WrittenPages()
+    in_fork(ends_after_writing(pages, memory, NOTED))
+    count, size, _ = HEAD.unpack_from(pages.memory)
+    spans = [RANGE.unpack_from(pages.memory, HEAD.size + at * RANGE.size)[1] for at in range(size)]
+    assert 0 < sum(spans) <= 8
+    start = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+    RANGE.pack_into(pages.memory, HEAD.size, start, PAGES)  # one range over all of it
+    HEAD.pack_into(pages.memory, 0, count, 1, time.time())
+    assert in_fork(spare(pages, memory))["noted"] >= len(NOTED) - 8

@@ -19,6 +19,7 @@ import struct
 import time
 
 RELEARN_SECONDS = 60  # how old the pages noted may be before an ending horse notes its own
+MOST_PAGES = 8192  # noted at most (32 MiB): a horse of the peers' no-op writes some 1,600
 MADV_POPULATE_WRITE = 23  # linux/mman.h
 PRESENT_AND_ALONE = 1 << 63 | 1 << 56  # a pagemap entry: the page is present, mapped by this process only
 LARGEST_MAPPING = 1 << 30  # a mapping's pagemap is read whole: none larger (a reservation, not a heap)
@@ -39,13 +40,14 @@ class WrittenPages:
         self.memory = mmap.mmap(-1, size)  # shared (MAP_SHARED) with every process forked from here on
 
     def learn(self) -> None:
-        """In a horse that ends: note the pages it holds alone, if those noted are older than a minute."""
+        """In a horse that ends: note the pages it holds alone, if those noted are older than a minute (or
+        from the future: a clock set back). Nothing, if it can't (no /proc/self/pagemap: a sandbox?)."""
         count, _, written = HEAD.unpack_from(self.memory)
-        if count % 2 == 0 and time.time() - written < RELEARN_SECONDS:
+        if count % 2 == 0 and 0 <= time.time() - written < RELEARN_SECONDS:
             return
         try:
-            ranges = held_alone(limit=(len(self.memory) - HEAD.size) // RANGE.size)
-        except OSError:  # no /proc/self/pagemap here (a sandbox?): nothing to note
+            ranges = held_alone(self.most_ranges, MOST_PAGES)
+        except Exception:  # noqa: BLE001 (what it saves is worth no horse's report)
             return
         count += 1 + count % 2  # odd (after an odd one left by a horse killed as it wrote)
         HEAD.pack_into(self.memory, 0, count, 0, written)
@@ -53,21 +55,32 @@ class WrittenPages:
             RANGE.pack_into(self.memory, HEAD.size + at * RANGE.size, start, pages)
         HEAD.pack_into(self.memory, 0, count + 1, len(ranges), time.time())
 
+    @property
+    def most_ranges(self) -> int:
+        return (len(self.memory) - HEAD.size) // RANGE.size
+
     def populate(self) -> None:
-        """In a spare: have the kernel copy the pages noted for this process (not a write under way)."""
+        """In a spare: have the kernel copy the pages noted for this process (not a write under way; at
+        most what `learn` notes, whatever a job wrote there)."""
         count, size, _ = HEAD.unpack_from(self.memory)
-        data = self.memory[HEAD.size : HEAD.size + size * RANGE.size]
+        data = self.memory[HEAD.size : HEAD.size + min(size, self.most_ranges) * RANGE.size]
         if count % 2 or HEAD.unpack_from(self.memory)[0] != count:
             return
+        budget = MOST_PAGES
         for start, pages in RANGE.iter_unpack(data):
+            pages = min(pages, budget)
+            budget -= pages
             if _madvise(start, pages * PAGE, MADV_POPULATE_WRITE) and ctypes.get_errno() == errno.EINVAL:
                 return  # a kernel without it (before 5.14)
+            if not budget:
+                return
 
 
-def held_alone(limit: int) -> list[tuple[int, int]]:
-    """The first `limit` ranges (first address, pages) of this process's private writable pages that are
-    present and mapped by it alone: those it copied, or made, since its fork."""
+def held_alone(most_ranges: int, most_pages: int) -> list[tuple[int, int]]:
+    """The first ranges (first address, pages) of this process's private writable pages that are present
+    and mapped by it alone (those it copied, or made, since its fork), up to either limit."""
     ranges: list[tuple[int, int]] = []
+    pages = 0
     with open("/proc/self/maps") as maps, open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
         for line in maps:
             span, perms = line.split(maxsplit=2)[:2]
@@ -82,8 +95,11 @@ def held_alone(limit: int) -> list[tuple[int, int]]:
                 address = start + index * PAGE
                 if ranges and ranges[-1][0] + ranges[-1][1] * PAGE == address:
                     ranges[-1] = (ranges[-1][0], ranges[-1][1] + 1)
-                elif len(ranges) < limit:
+                elif len(ranges) < most_ranges:
                     ranges.append((address, 1))
                 else:
+                    return ranges
+                pages += 1
+                if pages == most_pages:
                     return ranges
     return ranges
