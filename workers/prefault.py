@@ -17,6 +17,7 @@ import errno
 import mmap
 import struct
 import time
+from contextlib import suppress
 
 RELEARN_SECONDS = 60  # how old the pages noted may be before an ending horse notes its own
 MOST_PAGES = 8192  # noted at most (32 MiB): a horse of the peers' no-op writes some 1,600
@@ -67,13 +68,14 @@ class WrittenPages:
         if count % 2 or HEAD.unpack_from(self.memory)[0] != count:
             return
         budget = MOST_PAGES
-        for start, pages in RANGE.iter_unpack(data):
-            pages = min(pages, budget)
-            budget -= pages
-            if _madvise(start, pages * PAGE, MADV_POPULATE_WRITE) and ctypes.get_errno() == errno.EINVAL:
-                return  # a kernel without it (before 5.14)
-            if not budget:
-                return
+        with suppress(Exception):  # (what it saves is worth no job)
+            for start, pages in RANGE.iter_unpack(data):
+                pages = min(pages, budget)
+                budget -= pages
+                if _madvise(start, pages * PAGE, MADV_POPULATE_WRITE) and ctypes.get_errno() == errno.EINVAL:
+                    return  # a kernel without it (before 5.14)
+                if not budget:
+                    return
 
 
 def held_alone(most_ranges: int, most_pages: int) -> list[tuple[int, int]]:
