@@ -12,8 +12,9 @@ import pickle
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import suppress
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import redis.utils
 from redis.exceptions import RedisError
@@ -40,6 +41,8 @@ from workers.horses import (
 )
 from workers.kept_connections import KeptConnections, Lent, Returned
 from workers.prefault import WrittenPages
+
+T = TypeVar("T")
 
 
 class ForkingWorker(FastWorker):
@@ -199,33 +202,30 @@ class ForkingWorker(FastWorker):
     def fork_horse(self, spare: bool) -> Horse:
         """A horse waiting for its job, forked by the fork server; a spare one (forked ahead of its job)
         rehearses, and says when it starts the job."""
-        request, ours, theirs = self.horse_request(spare)
-        try:
-            forked = self.forks.fork(request, theirs, ours)
-        except BaseException:
-            close_all(ours)
-            raise
-        self._returned, self._drop_all = {}, False
-        return Horse.forked(forked, ours[0], ours[1])
+        forked, ours = self.ask_fork_server(spare, self.forks.fork)
+        return Horse.forked(forked, *ours)
 
     def order_spare(self) -> None:
         """Ask the fork server for a spare without waiting for it (`spare_horse` takes it when needed)."""
-        request, ours, theirs = self.horse_request(True)
-        try:
-            self._spare = Pending(self.forks.order(request, theirs, ours), ours[0], ours[1])
-        except BaseException:
-            close_all(ours)
-            raise
-        self._returned, self._drop_all = {}, False
+        order, ours = self.ask_fork_server(True, self.forks.order)
+        self._spare = Pending(order, *ours)
 
-    def horse_request(self, spare: bool) -> tuple[HorseRequest, list[int], list[int]]:
-        """A horse's request to the fork server, and its pipes' ends: this process's, the horse's."""
+    def ask_fork_server(self, spare: bool, ask: Callable[..., T]) -> tuple[T, list[int]]:
+        """`ask` (the fork server's `fork` or `order`) with a horse's request and its pipes' ends; what it
+        answers, and this process's ends."""
         jobs_read, jobs_write = os.pipe()
         reports_read, reports_write = os.pipe()
         rehearsal = self._rehearsal if spare and small(self._rehearsal) else None
         modules = tuple(self._job_modules)
         request = HorseRequest(spare, rehearsal, self._returned, self._drop_all, modules)
-        return request, [jobs_write, reports_read], [jobs_read, reports_write]
+        ours = [jobs_write, reports_read]
+        try:
+            answer = ask(request, [jobs_read, reports_write], ours)
+        except BaseException:
+            close_all(ours)
+            raise
+        self._returned, self._drop_all = {}, False
+        return answer, ours
 
     def spare_horse(self) -> Horse | None:
         """The spare, once the fork server has said it forked it (None if its server ended first)."""
