@@ -22,6 +22,8 @@ from contextlib import suppress
 from functools import cache
 from typing import Any, NamedTuple, NoReturn
 
+from workers import huge_pages
+
 CAP_SYS_NICE = 23  # linux/capability.h
 KILLED = int(signal.SIGKILL)  # the wait status of a horse killed after its server died first
 STOPS = {signal.SIGTERM, signal.SIGINT}  # what asks a worker to stop
@@ -176,6 +178,7 @@ class ForkServer:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         worker = os.pidfd_open(os.getppid())
         self.setup()
+        huge_pages.collapse()  # what it forks from now on is made of them
         poller = select.poll()
         poller.register(requests, select.POLLIN)
         poller.register(worker, select.POLLIN)
