@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -51,6 +52,7 @@ class Child:
     name: str
     command: Callable[[int], list[str]]  # from the number of this start: 1, 2, ...
     worker: bool = False  # an RQ worker: its started jobs are released when it dies
+    cpu: int | None = None  # the one CPU it (and every process it forks) runs on; None: any
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     starts: int = 0
     restarts: Restarts = field(default_factory=Restarts)
@@ -58,6 +60,9 @@ class Child:
     def start(self, env: dict[str, str]) -> None:
         self.starts += 1
         self.process = spawn(self.command(self.starts), env)
+        if self.cpu is not None:  # before it forks (its Python is still starting)
+            with suppress(OSError):  # (the CPU taken from this process's set since)
+                os.sched_setaffinity(self.process.pid, {self.cpu})
         self.restarts.started(time.monotonic())
 
     def exit_code(self) -> int | None:

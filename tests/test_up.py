@@ -46,6 +46,7 @@ def test_up_embeds_redis_runs_jobs_and_leaves_nothing_behind(
     up = start_up(url)
     parts = descendants(up.process.pid)
     assert len(parts) >= 6  # redis-server, 2 workers, rqscheduler, dashboard, mail sink
+    assert_workers_pinned_where_they_fill_the_cpus(up)
 
     seeded = up.cli_json("demo", "seed", "--articles", "5", "--comments", "4")
     assert seeded["comments"] == 20
@@ -90,6 +91,33 @@ def test_up_embeds_redis_runs_jobs_and_leaves_nothing_behind(
     log = up.log.read_text()
     assert "embedded redis-server" in log and "redis     | stopped" in log
     assert "schedule  | synced: 6 added" in log
+
+
+def cpus_of(pid: int) -> tuple[int, ...] | None:
+    """The CPUs a process may run on (None once it is gone)."""
+    try:
+        return tuple(sorted(os.sched_getaffinity(pid)))
+    except ProcessLookupError:
+        return None
+
+
+def assert_workers_pinned_where_they_fill_the_cpus(up: Up) -> None:
+    """2 workers on 2 CPUs: each with its processes (fork server, spare horse, RQ's scheduler) on a CPU
+    of its own; on 1 CPU or more than 2, left to the kernel."""
+    cpus = os.sched_getaffinity(0)
+    workers = [
+        worker["pid"]
+        for worker in up.cli_json("info")["workers"]
+        if worker["pid"] in descendants(up.process.pid)
+    ]
+    wait_until(lambda: all(descendants(pid) for pid in workers), what="each worker's fork server")
+    placed = sorted(
+        sorted({allowed for p in {pid} | descendants(pid) if (allowed := cpus_of(p))}) for pid in workers
+    )
+    if len(cpus) == 2:
+        assert placed == [[(cpu,)] for cpu in sorted(cpus)]
+    else:
+        assert placed == [[tuple(sorted(cpus))]] * len(workers)
 
 
 def test_ctrl_c_lets_the_running_job_finish(start_up: Callable[[str], Up], redis_server: RedisServer) -> None:

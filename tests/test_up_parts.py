@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from config.settings import load_settings
@@ -49,3 +51,28 @@ def test_children_get_rq_redis_url_only_where_stock_rq_can_read_it(
     env = Stack(load_settings({"REDIS_URL": url, "RQKIT_CONFIG": "/dev/null"}), workers=1).child_env()
     assert env["REDIS_URL"] == url
     assert env.get("RQ_REDIS_URL") == rq_url
+
+
+@pytest.mark.parametrize(
+    ("environment", "workers", "pinned"),
+    [({}, 2, True), ({}, 3, True), ({}, 1, False), ({"RQKIT_PIN_WORKERS": "false"}, 2, False)],
+    ids=["one-per-cpu", "more-than-cpus", "fewer-than-cpus", "turned-off"],
+)
+def test_workers_run_one_per_cpu_only_when_they_fill_the_cpus(
+    environment: dict[str, str], workers: int, pinned: bool
+) -> None:
+    """With the CPUs this process may use cut to two (a container's set, say), `up`'s workers go to each
+    in turn when there are at least as many of them; the other children are the kernel's to place."""
+    two = sorted(os.sched_getaffinity(0))[:2]
+    if len(two) < 2:
+        pytest.skip("one CPU: nothing to pin")
+    settings = load_settings({**environment, "RQKIT_CONFIG": "/dev/null", "RQKIT_QUEUES": "a"})
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, two)
+    try:
+        children = Stack(settings, workers=workers).commands()
+    finally:
+        os.sched_setaffinity(0, allowed)
+    cpus = [child.cpu for child in children if child.worker]
+    assert cpus == (two * workers)[:workers] if pinned else cpus == [None] * workers
+    assert all(child.cpu is None for child in children if not child.worker)
