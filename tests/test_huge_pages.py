@@ -85,9 +85,10 @@ def test_memory_mostly_unused_is_left_as_it_is() -> None:
     assert in_fork(run) == {"huge": 0, "grown": 0}
 
 
-def test_a_fork_after_it_copies_only_the_page_written() -> None:
-    """A horse's write to memory in a huge page it shares copies that 4 KiB page, not 2 MiB, and the
-    server's memory is left as it was."""
+def test_collapsed_before_a_fork_the_memory_stays_shared_and_a_write_copies_4_kib() -> None:
+    """The worker collapses, then forks its server: the server shares the huge pages (no copy of them,
+    no memory added), and a write there copies that 4 KiB page, not 2 MiB, leaving the worker's as it
+    was."""
 
     def run() -> dict[str, object]:
         memory, address = private_memory(written_every=1)
@@ -96,13 +97,24 @@ def test_a_fork_after_it_copies_only_the_page_written() -> None:
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:
-            before = smaps_kb(address)["Private_Dirty"]
-            memory[0:4] = b"horse"[:4]
-            os.write(write, str(smaps_kb(address)["Private_Dirty"] - before).encode())
+            before = smaps_kb(address)
+            memory[0:4] = b"serv"
+            copied = smaps_kb(address)["Private_Dirty"] - before["Private_Dirty"]
+            os.write(write, f"{before['Private_Dirty']} {copied}".encode())
             os._exit(0)
         os.close(write)
-        copied = int(os.read(read, 64))
+        private, copied = map(int, os.read(read, 64).split())
         os.waitpid(pid, 0)
-        return {"huge": huge > 0, "copied_kb": copied, "server_sees": int.from_bytes(memory[0:4], "big")}
+        return {
+            "huge": huge > 0,
+            "private_kb_after_fork": private,
+            "copied_kb": copied,
+            "worker_sees": int.from_bytes(memory[0:4], "big"),
+        }
 
-    assert in_fork(run) == {"huge": True, "copied_kb": PAGE // 1024, "server_sees": 0}
+    assert in_fork(run) == {
+        "huge": True,
+        "private_kb_after_fork": 0,
+        "copied_kb": PAGE // 1024,
+        "worker_sees": 0,
+    }

@@ -140,6 +140,7 @@ class ForkServer:
         """Fork the server, which closes the `inherited` fds. A stop asked for meanwhile is held back: it
         would be raised inside the fork's own hooks, where Python drops it."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        huge_pages.collapse()  # here, where the memory is this process's own: the server shares it
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
         pid = os.fork()
         if pid == 0:
@@ -178,7 +179,6 @@ class ForkServer:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         worker = os.pidfd_open(os.getppid())
         self.setup()
-        huge_pages.collapse()  # what it forks from now on is made of them
         poller = select.poll()
         poller.register(requests, select.POLLIN)
         poller.register(worker, select.POLLIN)

@@ -1,12 +1,15 @@
-"""The fork server's memory in huge pages, so that each fork and each horse's exit costs less.
+"""A worker's memory in huge pages before it forks its fork server, so that each horse's fork and exit
+cost less.
 
 A fork copies a page-table entry for each 4 KiB page of the process's private memory (some 13,000 for a
 worker's image), and the horse's exit clears them again. Where that memory is in 2 MiB pages
 (MADV_COLLAPSE, Linux 6.1, whatever the system's transparent huge page setting), a fork copies one entry
 for each, or, once a write has split one into 4 KiB entries, copies them in runs; the exit the same. A
-horse's first write to a shared page still copies only that 4 KiB page. Only 2 MiB that are mostly in use
-already are collapsed (a huge page fills the rest); memory made later is left to the system's setting; a
-kernel without it, or without free huge pages, leaves things as they are.
+horse's first write to a shared page still copies only that 4 KiB page. Collapsed in the worker, before
+the fork, the pages stay shared with the server (collapsed in the server, they were a copy: 30 MB more
+a worker). Only 2 MiB that are mostly in use already are collapsed (a huge page fills the rest); memory
+made later is left to the system's setting; a kernel without it, or without free huge pages, leaves
+things as they are.
 """
 
 from __future__ import annotations
