@@ -35,7 +35,7 @@ class Settings:
     var_dir: Path = PROJECT_ROOT / "var"
     queues: tuple[str, ...] = ("images", "email", "api", "maintenance", "default")
     workers: int = 2
-    pin_workers: bool = True  # up's workers one per CPU, when they are at least as many as the CPUs
+    pin_workers: bool = True  # up's workers each on its own CPU, when there is one per CPU (docs)
     worker_modes: tuple[str, ...] = ()  # queue=mode for up's workers: fork, batch, in-process (README)
     horse_jobs: int = 100  # a BatchWorker's horse's jobs; MB it may grow since its first (then a fresh one)
     horse_growth_mb: int = 256

@@ -173,11 +173,11 @@ class Stack:
 
     def commands(self) -> list[Child]:
         python = sys.executable
-        numbered = list(enumerate((args for args in self.worker_args() for _ in range(self.workers)), 1))
-        cpus = self.worker_cpus(len(numbered))
+        cpus = self.worker_cpus()
+        numbered = enumerate(((args, cpu) for args in self.worker_args() for cpu in cpus), 1)
         workers = [
             Child(f"worker-{i}", partial(self.worker_command, f"worker-{i}", args), worker=True, cpu=cpu)
-            for (i, args), cpu in zip(numbered, cpus, strict=True)
+            for i, (args, cpu) in numbered
         ]
         interval = str(self.settings.scheduler_interval)
         scheduler = Child("scheduler", lambda _: [python, "-m", "scheduler", "-i", interval])
@@ -187,15 +187,15 @@ class Stack:
         parts = [(scheduler, self.with_scheduler), (dashboard, self.with_dashboard), (mail, self.with_mail)]
         return workers + [child for child, wanted in parts if wanted]
 
-    def worker_cpus(self, workers: int) -> list[int | None]:
-        """The CPU each worker runs on, in turn over those this process may use, when there are at least as
-        many workers as those CPUs and `pin_workers` is on; else None each (the kernel places them). A
-        worker's fork server and horses then share its CPU's caches (bench/fleet.py: one worker per core
-        drains no-op jobs 12-14% faster)."""
+    def worker_cpus(self) -> list[int | None]:
+        """The CPU of each of a mode's workers: one each of the CPUs this process may use, when there are
+        exactly as many workers as those CPUs and `pin_workers` is on; else None each (the kernel's to
+        place). A worker's fork server and horses then share its CPU's caches (bench/fleet.py: one worker
+        per core drains no-op jobs 12-14% faster)."""
         cpus = sorted(os.sched_getaffinity(0))
-        if not self.settings.pin_workers or len(cpus) < 2 or workers < len(cpus):
-            return [None] * workers
-        return [cpus[i % len(cpus)] for i in range(workers)]
+        if self.settings.pin_workers and self.workers == len(cpus) > 1:
+            return list(cpus)
+        return [None] * self.workers
 
     def worker_command(self, child: str, args: tuple[str, ...], start: int) -> list[str]:
         name = worker_name(child, start)

@@ -55,18 +55,26 @@ def test_children_get_rq_redis_url_only_where_stock_rq_can_read_it(
 
 @pytest.mark.parametrize(
     ("environment", "workers", "pinned"),
-    [({}, 2, True), ({}, 3, True), ({}, 1, False), ({"RQKIT_PIN_WORKERS": "false"}, 2, False)],
-    ids=["one-per-cpu", "more-than-cpus", "fewer-than-cpus", "turned-off"],
+    [
+        ({}, 2, True),
+        ({"RQKIT_WORKER_MODES": "b=in-process"}, 2, True),
+        ({}, 3, False),
+        ({}, 1, False),
+        ({"RQKIT_WORKER_MODES": "b=in-process"}, 1, False),
+        ({"RQKIT_PIN_WORKERS": "false"}, 2, False),
+    ],
+    ids=["one-per-cpu", "one-per-cpu-each-mode", "more-than-cpus", "fewer-than-cpus", "one-a-mode", "off"],
 )
-def test_workers_run_one_per_cpu_only_when_they_fill_the_cpus(
+def test_workers_run_one_per_cpu_only_where_there_is_one_per_cpu(
     environment: dict[str, str], workers: int, pinned: bool
 ) -> None:
-    """With the CPUs this process may use cut to two (a container's set, say), `up`'s workers go to each
-    in turn when there are at least as many of them; the other children are the kernel's to place."""
+    """With the CPUs this process may use cut to two (a container's cpuset, say), each mode's workers go
+    one to each CPU where they are as many as the CPUs; more or fewer are the kernel's to place, as are
+    the other children."""
     two = sorted(os.sched_getaffinity(0))[:2]
     if len(two) < 2:
         pytest.skip("one CPU: nothing to pin")
-    settings = load_settings({**environment, "RQKIT_CONFIG": "/dev/null", "RQKIT_QUEUES": "a"})
+    settings = load_settings({**environment, "RQKIT_CONFIG": "/dev/null", "RQKIT_QUEUES": "a,b"})
     allowed = os.sched_getaffinity(0)
     os.sched_setaffinity(0, two)
     try:
@@ -74,5 +82,6 @@ def test_workers_run_one_per_cpu_only_when_they_fill_the_cpus(
     finally:
         os.sched_setaffinity(0, allowed)
     cpus = [child.cpu for child in children if child.worker]
-    assert cpus == (two * workers)[:workers] if pinned else cpus == [None] * workers
+    modes = 2 if "RQKIT_WORKER_MODES" in environment else 1
+    assert cpus == (two * modes if pinned else [None] * workers * modes)
     assert all(child.cpu is None for child in children if not child.worker)

@@ -22,8 +22,6 @@ from contextlib import suppress
 from functools import cache
 from typing import Any, NamedTuple, NoReturn
 
-from workers import huge_pages
-
 CAP_SYS_NICE = 23  # linux/capability.h
 KILLED = int(signal.SIGKILL)  # the wait status of a horse killed after its server died first
 STOPS = {signal.SIGTERM, signal.SIGINT}  # what asks a worker to stop
@@ -140,7 +138,6 @@ class ForkServer:
         """Fork the server, which closes the `inherited` fds. A stop asked for meanwhile is held back: it
         would be raised inside the fork's own hooks, where Python drops it."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        huge_pages.collapse()  # here, where the memory is this process's own: the server shares it
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
         pid = os.fork()
         if pid == 0:

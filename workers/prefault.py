@@ -22,8 +22,7 @@ from contextlib import suppress
 RELEARN_SECONDS = 60  # how old the pages noted may be before an ending horse notes its own
 MOST_PAGES = 8192  # noted at most (32 MiB): a horse of the peers' no-op writes some 1,600
 MADV_POPULATE_WRITE = 23  # linux/mman.h
-PRESENT = 1 << 63  # a pagemap entry: the page is present
-PRESENT_AND_ALONE = PRESENT | 1 << 56  # and mapped by this process only
+PRESENT_AND_ALONE = 1 << 63 | 1 << 56  # a pagemap entry: the page is present, mapped by this process only
 LARGEST_MAPPING = 1 << 30  # a mapping's pagemap is read whole: none larger (a reservation, not a heap)
 HEAD = struct.Struct("QId")  # the write count (odd while a write is under way), ranges, when written
 RANGE = struct.Struct("QQ")  # a range's first address and its length in pages
@@ -84,9 +83,11 @@ def held_alone(most_ranges: int, most_pages: int) -> list[tuple[int, int]]:
     and mapped by it alone (those it copied, or made, since its fork), up to either limit."""
     ranges: list[tuple[int, int]] = []
     pages = 0
-    with open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
-        for start, end, _ in private_writable():
-            if end - start > LARGEST_MAPPING:
+    with open("/proc/self/maps") as maps, open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
+        for line in maps:
+            span, perms = line.split(maxsplit=2)[:2]
+            start, end = (int(address, 16) for address in span.split("-"))
+            if perms[1] != "w" or perms[3] != "p" or end - start > LARGEST_MAPPING:
                 continue
             pagemap.seek(start // PAGE * 8)
             entries = memoryview(pagemap.read((end - start) // PAGE * 8)).cast("Q")
@@ -104,15 +105,3 @@ def held_alone(most_ranges: int, most_pages: int) -> list[tuple[int, int]]:
                 if pages == most_pages:
                     return ranges
     return ranges
-
-
-def private_writable() -> list[tuple[int, int, str]]:
-    """This process's private, writable mappings: first address, end, and name ("" if anonymous)."""
-    mappings = []
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            span, perms, *rest = line.split(maxsplit=5)
-            if perms[1] == "w" and perms[3] == "p":
-                start, end = (int(address, 16) for address in span.split("-"))
-                mappings.append((start, end, rest[3].strip() if len(rest) > 3 else ""))
-    return mappings
